@@ -1,0 +1,3 @@
+from services.normalizer.main import run
+
+run()

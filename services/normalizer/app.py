@@ -1,0 +1,140 @@
+"""Normalizer: `rivulet:{KIND}:raw` (group `normalizers`) -> `rivulet:{KIND}:clean` (+ `:dlq`).
+
+Per batch: validate, canonicalise, enrich and scrub every event (services.normalizer.normalize);
+then ONE Lua script appends the clean entries whose (tenant, id) was not seen within the dedupe
+window, appends dead letters, and XACKs the raw entries. Guarantee: every raw entry ends as
+exactly one clean entry or one dead letter (or as a duplicate of an event already clean), even when
+replicas crash: unacked entries are re-read by the restarted consumer or claimed by another
+after `claim_idle_ms`; an entry delivered more than `max_deliveries` times is dead-lettered.
+While the clean backlog is above its watermark (writers down), the normalizer stops reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from services.normalizer.enrich import UserAgentParser, open_geo
+from services.normalizer.normalize import Enrichment, normalize, to_clean_entry
+from shared.config import Settings
+from shared.consumer import Delivery, StreamReader, ensure_group
+from shared.events import InvalidEvent
+from shared.retry import Backoff
+from shared.schemas import CleanEntry, DeadLetter, Kind
+from shared.streams import Keys, StageCommit, Streams, decode_raw
+from shared.worker import StoppableWorker
+
+log = structlog.get_logger()
+
+
+def process_batch(
+    kind: Kind, deliveries: Sequence[Delivery], enrichment: Enrichment, max_deliveries: int
+) -> StageCommit:
+    """Pure: what a batch of raw deliveries becomes."""
+    outputs: list[CleanEntry] = []
+    dead: list[DeadLetter] = []
+    for delivery in deliveries:
+        entry = decode_raw(delivery.fields)
+        reason = ""
+        if delivery.deliveries > max_deliveries:
+            reason = f"delivered {delivery.deliveries} times without being processed"
+        else:
+            try:
+                outputs.append(to_clean_entry(normalize(kind, entry, enrichment), kind))
+            except InvalidEvent as exc:
+                reason = f"invalid event: {exc}"
+            except Exception as exc:  # a bug must not wedge the stream: park the event, keep going
+                reason = f"normalizer error: {type(exc).__name__}: {exc}"
+        if reason:
+            dead.append(
+                DeadLetter(
+                    tenant=entry.tenant,
+                    kind=kind,
+                    id=entry.id,
+                    received_at=entry.received_at,
+                    body=entry.body,
+                    reason=reason,
+                    stage="normalizer",
+                    attempts=delivery.deliveries,
+                )
+            )
+    return StageCommit(acked=[d.id for d in deliveries], outputs=outputs, dead_letters=dead)
+
+
+class Normalizer(StoppableWorker):
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        kinds: Sequence[Kind],
+        consumer: str,
+        enrichment: Enrichment,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.namespace)
+        self.streams = Streams(redis, self.keys)
+        self.kinds = kinds
+        self.consumer = consumer
+        self.enrichment = enrichment
+        self.group = self.keys.group("normalizer")
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for kind in self.kinds:
+                tasks.create_task(self._run_kind(kind))
+            tasks.create_task(
+                self.trim_loop(
+                    self.streams,
+                    [self.keys.stream(k, "raw") for k in self.kinds],
+                    self.settings.trim_interval_s,
+                )
+            )
+
+    async def _run_kind(self, kind: Kind) -> None:
+        raw = self.keys.stream(kind, "raw")
+        clean = self.keys.stream(kind, "clean")
+        reader = StreamReader(
+            self.redis, raw, self.group, self.consumer, claim_idle_ms=self.settings.claim_idle_ms
+        )
+        bound = log.bind(stream=raw, consumer=self.consumer)
+        backoff = Backoff(self.settings.retry_base_s, self.settings.retry_max_s)
+        group_ready = False
+        while not self.stopping:
+            try:
+                if not group_ready:
+                    await ensure_group(self.redis, raw, self.group)
+                    group_ready = True
+                if await self.redis.xlen(clean) >= self.settings.clean_high_watermark:
+                    await self.sleep(0.5)
+                    continue
+                deliveries = await reader.read(self.settings.normalizer_batch, block_ms=1000)
+                if not deliveries:
+                    continue
+                batch = process_batch(
+                    kind, deliveries, self.enrichment, self.settings.max_deliveries
+                )
+                await self.streams.commit(
+                    kind,
+                    self.group,
+                    "raw",
+                    batch,
+                    self.settings.dedupe_window_s,
+                    self.settings.dlq_maxlen,
+                )
+                backoff.reset()
+            except RedisError as exc:
+                group_ready = False
+                reader.reread_pending()
+                delay = backoff.next()
+                bound.warning("normalizer.redis_error", error=str(exc), retry_in_s=round(delay, 2))
+                await self.sleep(delay)
+
+
+def build_enrichment(settings: Settings) -> Enrichment:
+    return Enrichment(geo=open_geo(settings.geoip_city_db or None), user_agent=UserAgentParser())

@@ -1,0 +1,71 @@
+"""Pure per-event normalization: raw entry -> clean event. No I/O; lookups are injected.
+
+Steps, in order: validate and canonicalise (shared.events), enrich (GeoIP from the client IP the
+gateway captured for RUM, or from a client-IP attribute on logs; user agent for RUM), then scrub
+PII from free text and attribute values. Enrichment runs before scrubbing because the IP that
+feeds GeoIP is itself scrubbed from the stored attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from services.normalizer.enrich import GeoLookup, UserAgentLookup
+from shared.events import parse_event
+from shared.schemas import CleanEntry, CleanEvent, Kind, Log, Metric, RawEntry, Rum, Span
+from shared.scrub import scrub_attrs, scrub_text
+
+CLIENT_IP_ATTRIBUTES: Final = ("client_ip", "client.address", "http.client_ip", "ip")
+_encoder: Final = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    geo: GeoLookup
+    user_agent: UserAgentLookup
+
+
+def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent:
+    """Raises shared.events.InvalidEvent when the event can never be stored."""
+    event = parse_event(kind, entry.body, entry.tenant, entry.received_at)
+    if entry.id and entry.id != event.id:
+        event = msgspec.structs.replace(event, id=entry.id)
+    if isinstance(event, Log):
+        ip = next((event.attrs[k] for k in CLIENT_IP_ATTRIBUTES if k in event.attrs), "")
+        return msgspec.structs.replace(
+            event,
+            message=scrub_text(event.message),
+            attrs=scrub_attrs(event.attrs),
+            geo=enrichment.geo(ip) if ip else event.geo,
+        )
+    if isinstance(event, Rum):
+        return msgspec.structs.replace(
+            event,
+            url=scrub_text(event.url),
+            referrer=scrub_text(event.referrer),
+            error=scrub_attrs(event.error),
+            attrs=scrub_attrs(event.attrs),
+            geo=enrichment.geo(entry.ip) if entry.ip else event.geo,
+            user_agent=enrichment.user_agent(entry.ua),
+        )
+    if isinstance(event, Span):
+        return msgspec.structs.replace(
+            event,
+            status_message=scrub_text(event.status_message),
+            attrs=scrub_attrs(event.attrs),
+        )
+    assert isinstance(event, Metric)
+    return msgspec.structs.replace(event, labels=scrub_attrs(event.labels))
+
+
+def to_clean_entry(event: CleanEvent, kind: Kind) -> CleanEntry:
+    return CleanEntry(
+        tenant=event.tenant,
+        kind=kind,
+        id=event.id,
+        received_at=event.received_at,
+        body=_encoder.encode(event),
+    )

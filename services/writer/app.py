@@ -1,0 +1,258 @@
+"""Writer: `rivulet:{KIND}:clean` (group `writers`) -> ClickHouse or PostgreSQL.
+
+logs, spans and rum go to ClickHouse; metrics to PostgreSQL/TimescaleDB.
+
+Per consumer: read until the batch is `writer_batch_size` entries or `writer_batch_age_ms` old,
+insert, then ONE Lua script XACKs the batch and dead-letters rows the database refused.
+Guarantee: an entry is acknowledged only after its row is stored (or its refusal is in the DLQ);
+while a database is away the consumer retries the batch it holds with capped exponential backoff
+and jitter and reads nothing new, so the backlog waits in Redis. A re-delivered batch (crash,
+claim, retry) first drops ids the table already holds, so one clean entry is one row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import RedisError
+
+from services.writer.sinks import RejectedBatch, RetryableSinkError, Sink
+from shared.config import Settings
+from shared.consumer import Delivery, StreamReader, ensure_group
+from shared.retry import Backoff
+from shared.schemas import CLEAN_TYPES, CleanEvent, DeadLetter, Kind
+from shared.streams import Keys, StageCommit, Streams, decode_clean
+from shared.worker import StoppableWorker
+
+log = structlog.get_logger()
+
+
+class DecodedBatch(msgspec.Struct, frozen=True):
+    events: list[CleanEvent]
+    entry_ids: list[bytes]
+    undecodable: list[DeadLetter]
+
+
+def decode_batch(kind: Kind, deliveries: Sequence[Delivery]) -> DecodedBatch:
+    """Pure: clean entries -> events; an entry that does not decode is a dead letter."""
+    decoder = msgspec.json.Decoder(CLEAN_TYPES[kind])
+    events: list[CleanEvent] = []
+    dead: list[DeadLetter] = []
+    for delivery in deliveries:
+        entry = decode_clean(delivery.fields)
+        try:
+            events.append(decoder.decode(entry.body))
+        except msgspec.DecodeError as exc:
+            dead.append(
+                _dead_letter(
+                    kind,
+                    entry.tenant,
+                    entry.id,
+                    entry.received_at,
+                    entry.body,
+                    f"undecodable clean entry: {exc}",
+                    delivery.deliveries,
+                )
+            )
+    return DecodedBatch(events, [d.id for d in deliveries], dead)
+
+
+def insert_token(events: Sequence[CleanEvent]) -> str:
+    digest = hashlib.sha256()
+    for event in events:
+        digest.update(event.tenant.encode())
+        digest.update(b"\0")
+        digest.update(event.id.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def _dead_letter(
+    kind: Kind,
+    tenant: str,
+    event_id: str,
+    received_at: int,
+    body: bytes,
+    reason: str,
+    attempts: int,
+) -> DeadLetter:
+    return DeadLetter(
+        tenant=tenant,
+        kind=kind,
+        id=event_id,
+        received_at=received_at,
+        body=body,
+        reason=reason,
+        stage="writer",
+        attempts=attempts,
+    )
+
+
+_encoder = msgspec.json.Encoder()
+
+
+async def insert_isolating(
+    sink: Sink, kind: Kind, events: Sequence[CleanEvent]
+) -> list[tuple[CleanEvent, str]]:
+    """Insert; when the store refuses the batch, bisect until the refused rows stand alone.
+
+    Returns the refused events with the store's reason. RetryableSinkError propagates.
+    """
+    if not events:
+        return []
+    try:
+        await sink.insert(kind, events, insert_token(events))
+        return []
+    except RejectedBatch as exc:
+        if len(events) == 1:
+            return [(events[0], str(exc))]
+    middle = len(events) // 2
+    return await insert_isolating(sink, kind, events[:middle]) + await insert_isolating(
+        sink, kind, events[middle:]
+    )
+
+
+class Writer(StoppableWorker):
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        sinks: Sequence[Sink],
+        kinds: Sequence[Kind],
+        consumer: str,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.namespace)
+        self.streams = Streams(redis, self.keys)
+        self.sink_for = {kind: sink for sink in sinks for kind in sink.kinds if kind in kinds}
+        missing = [k for k in kinds if k not in self.sink_for]
+        if missing:
+            raise ValueError(f"no sink configured for {missing}")
+        self.kinds = kinds
+        self.consumer = consumer
+        self.group = self.keys.group("writer")
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            for kind in self.kinds:
+                for index in range(max(1, self.settings.writer_consumers)):
+                    tasks.create_task(self._consume(kind, f"{self.consumer}-{kind}-{index}"))
+            tasks.create_task(
+                self.trim_loop(
+                    self.streams,
+                    [self.keys.stream(k, "clean") for k in self.kinds],
+                    self.settings.trim_interval_s,
+                )
+            )
+
+    async def _consume(self, kind: Kind, consumer: str) -> None:
+        stream = self.keys.stream(kind, "clean")
+        reader = StreamReader(
+            self.redis, stream, self.group, consumer, claim_idle_ms=self.settings.claim_idle_ms
+        )
+        backoff = Backoff(self.settings.retry_base_s, self.settings.retry_max_s)
+        bound = log.bind(stream=stream, consumer=consumer)
+        group_ready = False
+        while not self.stopping:
+            try:
+                if not group_ready:
+                    await ensure_group(self.redis, stream, self.group)
+                    group_ready = True
+                batch = await self._collect(reader)
+                if batch:
+                    await self._flush(kind, stream, consumer, batch, backoff, bound)
+                    backoff.reset()
+            except RedisError as exc:
+                group_ready = False
+                reader.reread_pending()
+                delay = backoff.next()
+                bound.warning("writer.redis_error", error=str(exc), retry_in_s=round(delay, 2))
+                await self.sleep(delay)
+
+    async def _collect(self, reader: StreamReader) -> list[Delivery]:
+        size = self.settings.writer_batch_size
+        batch: list[Delivery] = []
+        deadline = 0.0
+        while len(batch) < size and not self.stopping:
+            if batch:
+                block_ms = int((deadline - time.monotonic()) * 1000)
+                if block_ms <= 0:
+                    break
+            else:
+                block_ms = 1000
+            got = await reader.read(min(size - len(batch), 1000), block_ms=max(block_ms, 1))
+            if got and not batch:
+                deadline = time.monotonic() + self.settings.writer_batch_age_ms / 1000
+            batch.extend(got)
+            if not batch:
+                return batch
+        return batch
+
+    async def _flush(
+        self,
+        kind: Kind,
+        stream: str,
+        consumer: str,
+        deliveries: list[Delivery],
+        backoff: Backoff,
+        bound: structlog.stdlib.BoundLogger,
+    ) -> None:
+        sink = self.sink_for[kind]
+        decoded = decode_batch(kind, deliveries)
+        events = decoded.events
+        recheck = any(d.deliveries > 1 for d in deliveries)
+        while True:
+            try:
+                if recheck:
+                    present = await sink.existing_ids(kind, events)
+                    events = [e for e in events if e.id not in present]
+                refused = await insert_isolating(sink, kind, events)
+                break
+            except RetryableSinkError as exc:
+                recheck = True
+                delay = backoff.next()
+                bound.warning(
+                    "writer.sink_unavailable",
+                    error=str(exc),
+                    batch=len(events),
+                    retry_in_s=round(delay, 2),
+                )
+                await self.sleep(delay)
+                if self.stopping:
+                    return  # unacked: the entries wait in the pending list for the next start
+                # Keep ownership while we wait, so no other replica claims and inserts the batch.
+                await self.redis.xclaim(
+                    stream, self.group, consumer, 0, list[Any](decoded.entry_ids), justid=True
+                )
+        dead = list(decoded.undecodable)
+        for event, reason in refused:
+            dead.append(
+                _dead_letter(
+                    kind,
+                    event.tenant,
+                    event.id,
+                    event.received_at,
+                    _encoder.encode(event),
+                    reason,
+                    1,
+                )
+            )
+        if dead:
+            bound.warning("writer.dead_letters", count=len(dead), first_reason=dead[0].reason[:200])
+        await self.streams.commit(
+            kind,
+            self.group,
+            "clean",
+            StageCommit(acked=decoded.entry_ids, dead_letters=dead),
+            self.settings.dedupe_window_s,
+            self.settings.dlq_maxlen,
+        )

@@ -1,0 +1,293 @@
+"""Sinks: where clean events become rows. One small Protocol, two implementations.
+
+Errors are classified here, once: `RetryableSinkError` (the database is away or overloaded: back
+off, keep the batch pending) or `RejectedBatch` (the database refuses this data: isolate the bad
+rows and dead-letter them). Both sinks are idempotent for a re-delivered batch: ClickHouse by an
+existence check of ids plus insert deduplication tokens (ReplacingMergeTree as a last resort);
+PostgreSQL by `ON CONFLICT DO NOTHING` on (tenant, id, ts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, Protocol, TypeVar
+
+import asyncpg
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError, ProgrammingError
+
+from services.writer.rows import (
+    CLICKHOUSE_DDL,
+    CLICKHOUSE_TABLES,
+    METRIC_COLUMNS,
+    column_names,
+    to_metric_records,
+    to_rows,
+)
+from shared.schemas import CleanEvent, Kind, Metric
+
+T = TypeVar("T")
+
+
+class RetryableSinkError(Exception):
+    """The store is unreachable or overloaded; the same batch may succeed later."""
+
+
+class RejectedBatch(Exception):
+    """The store refused the data itself; retrying the same rows cannot succeed."""
+
+
+class Sink(Protocol):
+    kinds: frozenset[Kind]
+
+    async def start(self) -> None: ...
+
+    async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None: ...
+
+    async def existing_ids(self, kind: Kind, events: Sequence[CleanEvent]) -> set[str]: ...
+
+    async def close(self) -> None: ...
+
+
+# ClickHouse error codes that mean "this data can never be inserted" (bad values, bad types).
+_CLICKHOUSE_DATA_ERRORS: Final = frozenset(
+    {6, 26, 27, 32, 38, 41, 43, 53, 69, 70, 72, 76, 117, 131, 190, 321, 395}
+)
+_CODE = re.compile(r"Code: (\d+)")
+
+
+def classify_clickhouse(exc: BaseException) -> Exception:
+    if isinstance(exc, DataError | ProgrammingError | TypeError | ValueError | OverflowError):
+        return RejectedBatch(f"{type(exc).__name__}: {exc}"[:2000])
+    if isinstance(exc, DatabaseError):
+        match = _CODE.search(str(exc))
+        if match and int(match.group(1)) in _CLICKHOUSE_DATA_ERRORS:
+            return RejectedBatch(str(exc)[:2000])
+    return RetryableSinkError(f"{type(exc).__name__}: {str(exc)[:500]}")
+
+
+class ClickHouseSink:
+    """clickhouse-connect over HTTP, or the in-process chdb engine for `chdb:///path`.
+
+    chdb has no async client and one engine per process, so every call runs on one dedicated
+    thread: calls are serialized, and the same thread also answers read-only queries.
+    """
+
+    kinds: frozenset[Kind] = frozenset({"logs", "spans", "rum"})
+
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        ttl_days: int,
+        connect: Callable[[str], Client] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.database = database
+        self.ttl_days = ttl_days
+        self._connect = connect or (lambda d: clickhouse_connect.get_client(dsn=d))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._client: Client | None = None
+
+    async def _call(self, fn: Callable[[Client], T]) -> T:
+        def run() -> T:
+            if self._client is None:
+                self._client = self._connect(self.dsn)
+            return fn(self._client)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+    async def start(self) -> None:
+        ttl = f"TTL toDateTime(ts) + INTERVAL {int(self.ttl_days)} DAY" if self.ttl_days > 0 else ""
+
+        def create(client: Client) -> None:
+            client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
+            for ddl in CLICKHOUSE_DDL.values():
+                client.command(ddl.format(db=f"`{self.database}`", ttl=ttl))
+
+        try:
+            await self._call(create)
+        except Exception as exc:
+            raise classify_clickhouse(exc) from exc
+
+    async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None:
+        table = f"`{self.database}`.{CLICKHOUSE_TABLES[kind]}"
+        rows = to_rows(events)
+        settings = {"insert_deduplication_token": token, "max_partitions_per_insert_block": 0}
+
+        def insert(client: Client) -> None:
+            client.insert(table, rows, column_names=list(column_names(kind)), settings=settings)
+
+        try:
+            await self._call(insert)
+        except Exception as exc:
+            raise classify_clickhouse(exc) from exc
+
+    async def existing_ids(self, kind: Kind, events: Sequence[CleanEvent]) -> set[str]:
+        if not events:
+            return set()
+        table = f"`{self.database}`.{CLICKHOUSE_TABLES[kind]}"
+        sql = (
+            f"SELECT id FROM {table} WHERE tenant IN {{tenants:Array(String)}} "
+            "AND ts BETWEEN fromUnixTimestamp64Nano({lo:Int64}) "
+            "AND fromUnixTimestamp64Nano({hi:Int64}) "
+            "AND id IN {ids:Array(String)}"
+        )
+        params: dict[str, Any] = {
+            "tenants": sorted({e.tenant for e in events}),
+            "lo": min(e.ts for e in events),
+            "hi": max(e.ts for e in events),
+            "ids": [e.id for e in events],
+        }
+        try:
+            result = await self._call(lambda c: c.query(sql, parameters=params).result_rows)
+        except Exception as exc:
+            raise classify_clickhouse(exc) from exc
+        return {row[0] for row in result}
+
+    async def query_json_lines(self, sql: str) -> bytes:
+        """Read-only query (the engine enforces `readonly=1`), one JSON object per line."""
+
+        def run(client: Client) -> bytes:
+            raw = client.raw_query(sql, fmt="JSONEachRow", settings={"readonly": 1})
+            return bytes(raw)
+
+        return await self._call(run)
+
+    async def close(self) -> None:
+        def close(client: Client) -> None:
+            client.close()
+
+        if self._client is not None:
+            await self._call(close)
+        self._executor.shutdown(wait=True)
+
+
+# PostgreSQL SQLSTATE classes that mean the data itself is refused: 22 data exception,
+# 23 integrity constraint violation.
+_PG_DATA_CLASSES: Final = ("22", "23")
+
+
+def classify_postgres(exc: BaseException) -> Exception:
+    state = getattr(exc, "sqlstate", None) or ""
+    if isinstance(exc, asyncpg.PostgresError) and state[:2] in _PG_DATA_CLASSES:
+        return RejectedBatch(f"{type(exc).__name__}: {exc}"[:2000])
+    if isinstance(exc, TypeError | ValueError | OverflowError):
+        return RejectedBatch(f"{type(exc).__name__}: {exc}"[:2000])
+    return RetryableSinkError(f"{type(exc).__name__}: {str(exc)[:500]}")
+
+
+def postgres_ddl(schema: str, timescale: bool) -> list[str]:
+    s = f'"{schema}"'
+    statements = [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"""CREATE TABLE IF NOT EXISTS {s}.metrics (
+            tenant text NOT NULL,
+            id text NOT NULL,
+            ts timestamptz NOT NULL,
+            name text NOT NULL,
+            value double precision NOT NULL,
+            type text NOT NULL,
+            labels jsonb NOT NULL DEFAULT '{{}}',
+            service text NOT NULL DEFAULT '',
+            host text NOT NULL DEFAULT '',
+            received_at timestamptz NOT NULL,
+            PRIMARY KEY (tenant, id, ts)
+        )""",
+        f"CREATE INDEX IF NOT EXISTS metrics_tenant_name_ts_idx "
+        f"ON {s}.metrics (tenant, name, ts DESC)",
+    ]
+    rollup = f"""SELECT tenant, name, {{bucket}} AS bucket, count(*) AS samples,
+            sum(value) AS sum, min(value) AS min, max(value) AS max, avg(value) AS avg
+            FROM {s}.metrics GROUP BY tenant, name, bucket"""
+    if timescale:
+        statements += [
+            "CREATE EXTENSION IF NOT EXISTS timescaledb",
+            f"SELECT create_hypertable('{schema}.metrics', 'ts', "
+            "if_not_exists => TRUE, migrate_data => TRUE)",
+            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {s}.metrics_1m
+                WITH (timescaledb.continuous) AS """
+            + rollup.format(bucket="time_bucket('1 minute', ts)")
+            + " WITH NO DATA",
+            f"""SELECT add_continuous_aggregate_policy('{schema}.metrics_1m',
+                start_offset => INTERVAL '1 day', end_offset => INTERVAL '1 minute',
+                schedule_interval => INTERVAL '1 minute', if_not_exists => TRUE)""",
+        ]
+    else:
+        statements.append(
+            f"CREATE OR REPLACE VIEW {s}.metrics_1m AS "
+            + rollup.format(bucket="date_trunc('minute', ts)")
+        )
+    return statements
+
+
+class PostgresSink:
+    """asyncpg: COPY into a per-connection temp table, then INSERT ... ON CONFLICT DO NOTHING."""
+
+    kinds: frozenset[Kind] = frozenset({"metrics"})
+
+    def __init__(self, dsn: str, schema: str, pool_size: int = 4) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self.timescale = False
+
+    async def _ensure_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self.dsn, min_size=1, max_size=self.pool_size, timeout=10, command_timeout=60
+                )
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                raise RetryableSinkError(f"postgres unreachable: {exc}") from exc
+        return self._pool
+
+    async def start(self) -> None:
+        pool = await self._ensure_pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Replicas start together: serialize DDL so IF NOT EXISTS never races.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('rivulet.schema'))")
+                self.timescale = bool(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+                    )
+                )
+                for statement in postgres_ddl(self.schema, self.timescale):
+                    await conn.execute(statement)
+        except Exception as exc:
+            raise classify_postgres(exc) from exc
+
+    async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None:
+        metrics = [e for e in events if isinstance(e, Metric)]
+        pool = await self._ensure_pool()
+        columns = ", ".join(METRIC_COLUMNS)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS metrics_stage "
+                    f'(LIKE "{self.schema}".metrics INCLUDING DEFAULTS) ON COMMIT DELETE ROWS'
+                )
+                await conn.copy_records_to_table(
+                    "metrics_stage",
+                    records=to_metric_records(metrics),
+                    columns=list(METRIC_COLUMNS),
+                )
+                await conn.execute(
+                    f'INSERT INTO "{self.schema}".metrics ({columns}) '
+                    f"SELECT {columns} FROM metrics_stage ON CONFLICT DO NOTHING"
+                )
+        except Exception as exc:
+            raise classify_postgres(exc) from exc
+
+    async def existing_ids(self, kind: Kind, events: Sequence[CleanEvent]) -> set[str]:
+        return set()  # ON CONFLICT DO NOTHING already makes re-inserts harmless
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()

@@ -1,0 +1,106 @@
+"""Settings: defaults, then an optional TOML file (`--config`), then `RIVULET_*` environment.
+
+Every field maps to one environment variable: `RIVULET_<FIELD NAME UPPER-CASED>`. The names that
+CONTRACT.md fixes (RIVULET_REDIS_URL, RIVULET_CLICKHOUSE_URL, RIVULET_TIMESCALE_DSN,
+RIVULET_GEOIP_CITY_DB, RIVULET_HTTP_PORT) keep their meaning; the rest bound batches, bodies,
+rates and backlogs.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    clickhouse_url: str = ""  # "" means chdb:///<cwd>/var/clickhouse
+    clickhouse_database: str = "rivulet"
+    timescale_dsn: str = "postgresql://127.0.0.1:5432/rivulet"
+    timescale_schema: str = "rivulet"
+    geoip_city_db: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    # The chdb owner (the ClickHouse writer) answers `rivulet query` here.
+    query_port: int = 8124
+    # Prefix of every Redis key; tests isolate themselves with their own.
+    namespace: str = "rivulet"
+    var_dir: str = "var"
+    log_level: str = "info"
+
+    # gateway
+    max_body_bytes: int = 5 * 1024 * 1024
+    max_decompressed_bytes: int = 50 * 1024 * 1024
+    max_events_per_request: int = 10_000
+    max_event_bytes: int = 1024 * 1024
+    signature_window_s: int = 300
+    idempotency_ttl_s: int = 24 * 3600
+    rate_limit_events_per_s: float = 200_000.0
+    rate_limit_burst: float = 400_000.0
+    raw_high_watermark: int = 1_000_000
+    trusted_proxies: tuple[str, ...] = ()
+    key_cache_ttl_s: float = 5.0
+
+    # normalizer
+    normalizer_batch: int = 500
+    clean_high_watermark: int = 1_000_000
+    dedupe_window_s: int = 24 * 3600
+    claim_idle_ms: int = 30_000
+    max_deliveries: int = 5
+    dlq_maxlen: int = 1_000_000
+
+    # writer
+    writer_batch_size: int = 5_000
+    writer_batch_age_ms: int = 500
+    writer_consumers: int = 2
+    retry_attempts: int = 6
+    retry_base_s: float = 0.2
+    retry_max_s: float = 10.0
+    clickhouse_ttl_days: int = 30
+    trim_interval_s: float = 5.0
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{Path.cwd() / self.var_dir / 'clickhouse'}"
+
+    @property
+    def uses_chdb(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb:")
+
+
+_FIELDS: tuple[str, ...] = Settings.__struct_fields__
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for field in _FIELDS:
+        raw = environ.get(f"RIVULET_{field.upper()}")
+        if raw is None:
+            continue
+        if field == "trusted_proxies":
+            found[field] = [part.strip() for part in raw.split(",") if part.strip()]
+        else:
+            found[field] = raw
+    return found
+
+
+def load_settings(
+    config_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build Settings; raises ValueError naming the bad field on invalid input."""
+    values: dict[str, Any] = {}
+    if config_file:
+        with open(config_file, "rb") as fh:
+            values.update(tomllib.load(fh))
+    values.update(_from_env(os.environ if environ is None else environ))
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid configuration: {exc}") from exc

@@ -1,0 +1,230 @@
+"""Turn one client event (JSON bytes) into its canonical clean Struct, and compute event ids.
+
+Used by the gateway (to validate, answer per event and stamp the id on the raw entry) and by the
+normalizer (the authority: it re-parses the raw body). Both must agree, so this is the only place
+that knows the rules:
+- timestamps: RFC 3339 strings with an offset, or integer unix nanoseconds; canonical form is UTC
+  nanoseconds within the range both stores can hold (1900-01-01 .. 2262-04-11);
+- unknown top-level fields move into `attrs`; attribute values that are not strings are stored as
+  their JSON text;
+- the event id is the client's `id`, or a hash of tenant + kind + canonical event.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import math
+import re
+from typing import Any, Final
+
+import msgspec
+
+from shared.schemas import (
+    CLEAN_TYPES,
+    WIRE_TYPES,
+    CleanEvent,
+    Kind,
+    Log,
+    LogIn,
+    Metric,
+    MetricIn,
+    Rum,
+    RumIn,
+    Span,
+    SpanIn,
+    Timestamp,
+    WireEvent,
+)
+
+MIN_TS_NS: Final = -2208988800 * 10**9  # 1900-01-01T00:00:00Z
+MAX_TS_NS: Final = 9214646400 * 10**9  # 2262-01-01T00:00:00Z, inside Int64 nanoseconds
+MAX_ATTRS: Final = 1000
+MAX_KEY_CHARS: Final = 256
+MAX_ID_CHARS: Final = 128
+MAX_TEXT_CHARS: Final = 256 * 1024
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+_object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+_canonical_encoder: Final = msgspec.json.Encoder(order="sorted")
+_value_encoder: Final = msgspec.json.Encoder()
+_WIRE_FIELDS: Final[dict[Kind, frozenset[str]]] = {
+    kind: frozenset(wire.__struct_fields__) for kind, wire in WIRE_TYPES.items()
+}
+
+
+class InvalidEvent(ValueError):
+    """The event can never be stored as sent; the message is the reason given to the client."""
+
+
+def parse_timestamp(value: Timestamp, field: str = "ts") -> int:
+    """RFC 3339 string or integer unix nanoseconds -> UTC nanoseconds (range-checked)."""
+    if isinstance(value, bool):
+        raise InvalidEvent(f"{field}: expected RFC 3339 string or integer nanoseconds")
+    if isinstance(value, int):
+        nanos = value
+    else:
+        match = _RFC3339.fullmatch(value.strip())
+        if match is None:
+            raise InvalidEvent(f"{field}: not an RFC 3339 timestamp with an offset: {value[:64]!r}")
+        year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+        if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]):
+            raise InvalidEvent(f"{field}: no such date: {value[:64]!r}")
+        if hour > 23 or minute > 59 or second > 59:
+            raise InvalidEvent(f"{field}: no such time of day: {value[:64]!r}")
+        seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+        if match.group(9):
+            offset = int(match.group(10)) * 3600 + int(match.group(11)) * 60
+            seconds -= offset if match.group(9) == "+" else -offset
+        fraction = (match.group(7) or "")[:9].ljust(9, "0")
+        nanos = seconds * 10**9 + int(fraction)
+    if not MIN_TS_NS <= nanos < MAX_TS_NS:
+        raise InvalidEvent(f"{field}: outside 1900-01-01..2262-01-01 (integers are nanoseconds)")
+    return nanos
+
+
+def _text(value: str | None, field: str, limit: int = MAX_TEXT_CHARS) -> str:
+    if value is None:
+        return ""
+    if len(value) > limit:
+        raise InvalidEvent(f"{field}: longer than {limit} characters")
+    return value
+
+
+def _string_map(values: dict[str, Any], field: str) -> dict[str, str]:
+    if len(values) > MAX_ATTRS:
+        raise InvalidEvent(f"{field}: more than {MAX_ATTRS} entries")
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        if len(key) > MAX_KEY_CHARS:
+            raise InvalidEvent(f"{field}: key longer than {MAX_KEY_CHARS} characters")
+        text = value if isinstance(value, str) else _value_encoder.encode(value).decode()
+        out[key] = _text(text, f"{field}.{key[:64]}")
+    return out
+
+
+def _attrs_with_extras(attrs: dict[str, Any], obj: dict[str, Any], kind: Kind) -> dict[str, str]:
+    known = _WIRE_FIELDS[kind]
+    extras = {k: v for k, v in obj.items() if k not in known}
+    if extras:
+        attrs = {**extras, **attrs}
+    return _string_map(attrs, "attrs")
+
+
+def _client_id(value: str | None) -> str:
+    if value is None:
+        return ""
+    if not 0 < len(value) <= MAX_ID_CHARS:
+        raise InvalidEvent(f"id: must be 1..{MAX_ID_CHARS} characters")
+    return value
+
+
+def _hex_id(value: str | None, field: str, pattern: re.Pattern[str], optional: bool) -> str:
+    if value is None or (optional and value == ""):
+        if optional:
+            return ""
+        raise InvalidEvent(f"{field}: required")
+    lowered = value.lower()
+    if pattern.fullmatch(lowered) is None or lowered.strip("0") == "":
+        raise InvalidEvent(f"{field}: expected {pattern.pattern[-3:-1]} non-zero hex digits")
+    return lowered
+
+
+def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> CleanEvent:
+    if isinstance(wire, LogIn):
+        return Log(
+            tenant=tenant,
+            id=_client_id(wire.id),
+            ts=parse_timestamp(wire.ts),
+            service=_text(wire.service, "service", 256),
+            level=_text(wire.level, "level", 32).lower(),
+            message=_text(wire.message, "message"),
+            attrs=_attrs_with_extras(wire.attrs, obj, kind),
+            trace_id=_hex_id(wire.trace_id, "trace_id", _HEX32, optional=True),
+            span_id=_hex_id(wire.span_id, "span_id", _HEX16, optional=True),
+            host=_text(wire.host, "host", 256),
+        )
+    if isinstance(wire, MetricIn):
+        if not math.isfinite(wire.value):
+            raise InvalidEvent("value: must be a finite number")
+        return Metric(
+            tenant=tenant,
+            id=_client_id(wire.id),
+            ts=parse_timestamp(wire.ts),
+            name=_text(wire.name, "name", 256),
+            value=wire.value,
+            type=wire.type,
+            labels=_string_map(wire.labels, "labels"),
+            service=_text(wire.service, "service", 256),
+            host=_text(wire.host, "host", 256),
+        )
+    if isinstance(wire, SpanIn):
+        start = parse_timestamp(wire.start, "start")
+        if wire.end is not None:
+            end = parse_timestamp(wire.end, "end")
+        elif wire.duration_ns is not None:
+            end = start + wire.duration_ns
+        else:
+            raise InvalidEvent("span needs end or duration_ns")
+        if end < start or end >= MAX_TS_NS:
+            raise InvalidEvent("end: before start or out of range")
+        return Span(
+            tenant=tenant,
+            id=_client_id(wire.id),
+            trace_id=_hex_id(wire.trace_id, "trace_id", _HEX32, optional=False),
+            span_id=_hex_id(wire.span_id, "span_id", _HEX16, optional=False),
+            parent_span_id=_hex_id(wire.parent_span_id, "parent_span_id", _HEX16, optional=True),
+            service=_text(wire.service, "service", 256),
+            name=_text(wire.name, "name", 1024),
+            ts=start,
+            end_ts=end,
+            duration_ns=end - start,
+            kind=wire.kind,
+            status=wire.status,
+            status_message=_text(wire.status_message, "status_message"),
+            attrs=_attrs_with_extras(wire.attrs, obj, kind),
+        )
+    assert isinstance(wire, RumIn)
+    if not all(math.isfinite(v) for v in wire.metrics.values()):
+        raise InvalidEvent("metrics: values must be finite numbers")
+    return Rum(
+        tenant=tenant,
+        id=_client_id(wire.id),
+        ts=parse_timestamp(wire.ts),
+        session_id=_text(wire.session_id, "session_id", 256),
+        type=wire.type,
+        url=_text(wire.url, "url", 8192),
+        referrer=_text(wire.referrer, "referrer", 8192),
+        user_id=_text(wire.user_id, "user_id", 256),
+        metrics=wire.metrics,
+        error=_string_map(wire.error, "error"),
+        attrs=_attrs_with_extras(wire.attrs, obj, kind),
+    )
+
+
+def event_id(event: CleanEvent) -> str:
+    """Hash of tenant + kind + the canonical event (id, received_at and enrichment excluded)."""
+    bare = msgspec.structs.replace(event, id="", received_at=0)
+    digest = hashlib.sha256(_canonical_encoder.encode(bare)).hexdigest()
+    return digest[:32]
+
+
+def parse_event(kind: Kind, raw: bytes, tenant: str, received_at: int = 0) -> CleanEvent:
+    """Validate one event's JSON bytes into its clean Struct, with its id set."""
+    try:
+        obj = _object_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise InvalidEvent(f"not a JSON object: {exc}") from None
+    try:
+        wire = msgspec.convert(obj, WIRE_TYPES[kind])
+    except msgspec.ValidationError as exc:
+        raise InvalidEvent(str(exc)) from None
+    event = _build(kind, wire, obj, tenant)
+    assert isinstance(event, CLEAN_TYPES[kind])
+    return msgspec.structs.replace(event, id=event.id or event_id(event), received_at=received_at)

@@ -1,0 +1,173 @@
+"""PII scrubbing for log messages and attribute values before they are stored.
+
+`scrub_text` replaces, in this order:
+- secret key/value pairs (`password=`, `pwd:`, `api_key=`, `token=`, ... including quoted
+  values and query strings): the value becomes `<redacted>`, key and separator are kept;
+- `Bearer <credential>`: the credential becomes `<token>`;
+- email addresses -> `<email>`;
+- IPv6 addresses -> `<ipv6>`, IPv4 addresses -> `<ipv4>`;
+- Luhn-valid payment card numbers (13-19 digits, optionally grouped by spaces or dashes)
+  -> `<card>`.
+
+`scrub_attrs` scrubs every value and also replaces the whole value with `<redacted>` when the
+attribute key names a secret (`db.password`, `x-api-key`, `authorization`, ...).
+
+Both return their argument unchanged (the same object) when there is nothing to scrub.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Final
+
+__all__ = ["scrub_attrs", "scrub_text"]
+
+_REDACTED: Final = "<redacted>"
+_TOKEN: Final = "<token>"
+_EMAIL: Final = "<email>"
+_IPV4: Final = "<ipv4>"
+_IPV6: Final = "<ipv6>"
+_CARD: Final = "<card>"
+
+# Every key (and "bearer") starts with one of these letters. The pattern consumes that letter
+# first and only then looks behind it: a leading plain character class lets the regex engine
+# skip impossible positions quickly, which a leading lookbehind or IGNORECASE would prevent.
+# The lookbehind admits prefixed keys (`client_secret`, `refresh_token`) but not words that
+# merely end in a key (`mysecret`).
+_SECRET_RE: Final = re.compile(
+    r"[AaBbPpSsTt](?<![A-Za-z0-9].)(?i:"
+    # "Bearer <credential>": the credential must contain a digit or token68 punctuation so
+    # that prose ("bearer of bad news", "a bearer token") survives.
+    r"(?<=b)earer[ \t]+(?=[a-z]*[0-9_.~+/=-])(?P<t>[a-z0-9_.~+/-]+=*)"
+    # key, separator (a quote closing a JSON key belongs to it), value. A quoted value runs
+    # to its closing quote, an unquoted one to whitespace , ; & or a quote.
+    r"|(?:(?<=p)(?:assword|asswd|wd)|(?<=s)ecret(?:[_-]?key)?"
+    r"|(?<=a)(?:pi[_-]?key|ccess_token)|(?<=t)oken)[\"']?[ \t]*[=:][ \t]*"
+    r"(?:(?P<q>[\"'])(?P<qv>(?:(?!(?P=q))[^\r\n])+)(?P=q)"
+    r"|[\"']?(?P<v>(?:bearer[ \t]+)?[^\s&,;\"']+))"
+    r")"
+)
+
+# The lookbehind makes matching start only at the beginning of the local part, which keeps the
+# scan linear on long words.
+_EMAIL_RE: Final = re.compile(
+    r"(?<![\w.%+-])[\w.%+-]+@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}\b",
+    re.IGNORECASE,
+)
+
+# Candidates only; `ipaddress` has the final word. Requires at least two colons, so plain
+# `hh:mm` never gets here, and may end in an embedded IPv4 (`::ffff:10.0.0.1`).
+_IPV6_RE: Final = re.compile(
+    r"(?<![\w:.])(?:[0-9a-f]{0,4}:){2,7}(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9a-f]{1,4})?"
+    r"(?![\w:]|\.[0-9])",
+    re.IGNORECASE,
+)
+
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+
+# One pass for IPv4 and cards. Every branch starts by consuming a digit and only then checks
+# the character before it: a leading character class lets the regex engine skip non-digit
+# positions quickly, which a leading lookbehind would prevent. Cards are restricted to the
+# major-network first digits 2-6 so that epoch timestamps (which start with 1) never pass
+# merely because one in ten numbers is Luhn-valid.
+_NUMERIC_RE: Final = re.compile(
+    r"[0-9](?<![\w.][0-9])(?:"
+    # IPv4: re-validate the first octet now that its first digit has been consumed.
+    r"(?P<v4>(?:(?<=1)[0-9]{0,2}|(?<=2)(?:5[0-5]|[0-4][0-9]|[0-9])?|(?<=[3-9])[0-9]?|(?<=0))"
+    r"(?:\." + _OCTET + r"){3})"
+    r"|(?<=[2-6])(?P<c>[0-9]{12,18}|[0-9]{3}(?P<s>[ -])[0-9]{3,6}(?:(?P=s)[0-9]{3,6}){1,4})"
+    r")(?![\w]|[.-][0-9])"
+)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i & 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _secret_sub(m: re.Match[str]) -> str:
+    whole, start = m.group(), m.start()
+    if m.group("t") is not None:
+        return whole[: m.start("t") - start] + _TOKEN
+    if m.group("q") is not None:
+        return whole[: m.start("qv") - start] + _REDACTED + m.group("q")
+    return whole[: m.start("v") - start] + _REDACTED
+
+
+def _ipv6_sub(m: re.Match[str]) -> str:
+    s = m.group()
+    # A valid address without any decimal digit is far more likely a C++/Rust scope
+    # (`a::b`, `dead::beef`) than an address.
+    if not any(c.isdigit() for c in s):
+        return s
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return s
+    return _IPV6
+
+
+def _numeric_sub(m: re.Match[str]) -> str:
+    if m.group("v4") is not None:
+        return _IPV4
+    s = m.group()
+    digits = s.replace(" ", "").replace("-", "") if m.group("s") else s
+    if 13 <= len(digits) <= 19 and _luhn_ok(digits):
+        return _CARD
+    return s
+
+
+def scrub_text(text: str) -> str:
+    """Replace PII and secrets in `text` with typed placeholders (see module docstring)."""
+    out = text
+    # Cheap substring tests decide which passes can possibly match.
+    if "=" in out or ":" in out or "earer" in out or "EARER" in out:
+        out = _SECRET_RE.sub(_secret_sub, out)
+    if "@" in out:
+        out = _EMAIL_RE.sub(_EMAIL, out)
+    if "::" in out or out.count(":") >= 7:
+        out = _IPV6_RE.sub(_ipv6_sub, out)
+    if len(out) >= 7:
+        out = _NUMERIC_RE.sub(_numeric_sub, out)
+    # Rejected candidates make `sub` build an equal copy; hand back the caller's object.
+    return text if out == text else out
+
+
+_SECRET_KEY_SUFFIXES: Final = (
+    "password",
+    "passwd",
+    "secret",
+    "api_key",
+    "api-key",
+    "api.key",
+    "apikey",
+    "token",
+    "authorization",
+)
+
+
+def _is_secret_key(key: str) -> bool:
+    return key.lower().endswith(_SECRET_KEY_SUFFIXES)
+
+
+def scrub_attrs(attrs: dict[str, str]) -> dict[str, str]:
+    """Scrub every value; redact values of secret-named keys (`db.password`, `x-api-key`).
+
+    Returns a new dict when something changed, otherwise `attrs` itself.
+    """
+    out: dict[str, str] | None = None
+    for key, value in attrs.items():
+        new = _REDACTED if _is_secret_key(key) else scrub_text(value)
+        if new is not value and new != value:
+            if out is None:
+                out = dict(attrs)
+            out[key] = new
+    return attrs if out is None else out

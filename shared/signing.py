@@ -1,0 +1,54 @@
+"""HMAC-SHA256 request signing (CONTRACT.md, "Signing").
+
+    hex = HMAC_SHA256(secret, f"{timestamp}.{METHOD}.{path_with_query}.{sha256_hex(body)}")
+
+The body is hashed exactly as sent (compressed bytes when gzipped), so a gateway verifies before
+it decompresses or parses anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Final
+
+KEY_HEADER: Final = "x-rivulet-key"
+TIMESTAMP_HEADER: Final = "x-rivulet-timestamp"
+SIGNATURE_HEADER: Final = "x-rivulet-signature"
+
+
+def string_to_sign(timestamp: str, method: str, path_with_query: str, body: bytes) -> bytes:
+    digest = hashlib.sha256(body).hexdigest()
+    return f"{timestamp}.{method.upper()}.{path_with_query}.{digest}".encode()
+
+
+def sign(secret: str, timestamp: str, method: str, path_with_query: str, body: bytes) -> str:
+    message = string_to_sign(timestamp, method, path_with_query, body)
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signature_matches(
+    secret: str, timestamp: str, method: str, path_with_query: str, body: bytes, signature: str
+) -> bool:
+    """Constant-time comparison; a malformed signature simply does not match."""
+    expected = sign(secret, timestamp, method, path_with_query, body)
+    return hmac.compare_digest(
+        expected.encode(), signature.strip().lower().encode("ascii", "replace")
+    )
+
+
+def signed_headers(
+    key_id: str,
+    secret: str,
+    method: str,
+    path_with_query: str,
+    body: bytes,
+    now: float | None = None,
+) -> dict[str, str]:
+    timestamp = str(int(time.time() if now is None else now))
+    return {
+        "X-Rivulet-Key": key_id,
+        "X-Rivulet-Timestamp": timestamp,
+        "X-Rivulet-Signature": sign(secret, timestamp, method, path_with_query, body),
+    }

@@ -1,0 +1,384 @@
+"""Redis Streams layout and the atomic hand-offs between stages.
+
+Key layout (CONTRACT.md, "Streams"): every key of one kind shares the hash tag `{KIND}`, so one Lua
+script may touch the streams, dedupe, idempotency, replay and rate keys of that kind together:
+
+    <ns>:{KIND}:raw | clean | dlq           streams, one entry per event, plain UTF-8 fields
+    <ns>:{KIND}:seen:<tenant>:<event id>    dedupe marker (normalizer, TTL = dedupe window)
+    <ns>:{KIND}:idem:<tenant>:<sha256>      first 202 answer for an Idempotency-Key
+    <ns>:{KIND}:sig:<signature>             replay guard for a signature (TTL > signing window)
+    <ns>:{KIND}:rate:<tenant>               token bucket
+
+Each stage hands off in ONE script: the gateway's append is all-or-nothing; the normalizer's
+commit adds clean entries (skipping ids already seen), dead letters and XACKs its input in one
+step, so a crash before the script changes nothing and a crash after it loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Final, Literal, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.exceptions import ResponseError
+
+from shared.schemas import CleanEntry, DeadLetter, Kind, RawEntry
+
+Stage = Literal["raw", "clean", "dlq"]
+EntryId = bytes
+Fields = dict[bytes, bytes]
+
+MAX_POOL_CONNECTIONS: Final = 64
+
+
+def connect(url: str) -> aioredis.Redis:
+    """A bounded pool; callers wait for a free connection instead of opening more."""
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=MAX_POOL_CONNECTIONS, timeout=10, health_check_interval=15
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class Keys:
+    """Every Redis key name Rivulet uses, under one namespace (default `rivulet`)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+
+    def stream(self, kind: str, stage: Stage) -> str:
+        return f"{self.namespace}:{{{kind}}}:{stage}"
+
+    def seen(self, kind: str, tenant: str, event_id: str) -> str:
+        return f"{self.namespace}:{{{kind}}}:seen:{tenant}:{event_id}"
+
+    def idempotency(self, kind: str, tenant: str, idempotency_key: str) -> str:
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        return f"{self.namespace}:{{{kind}}}:idem:{tenant}:{digest}"
+
+    def signature(self, kind: str, signature: str) -> str:
+        return f"{self.namespace}:{{{kind}}}:sig:{signature}"
+
+    def rate(self, kind: str, tenant: str) -> str:
+        return f"{self.namespace}:{{{kind}}}:rate:{tenant}"
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.namespace}:keys"
+
+    def group(self, service: Literal["normalizer", "writer"]) -> str:
+        return f"{service}s"
+
+
+# --- typed reads (redis-py types stream replies loosely; entries here are always bytes) --------
+
+Entry = tuple[EntryId, Fields]
+
+
+def flatten_read(reply: Any) -> list[Entry]:
+    """XREAD/XREADGROUP reply -> entries (a deleted-but-pending entry has empty fields)."""
+    return [(i, f or {}) for _, entries in cast(list[Any], reply or []) for i, f in entries]
+
+
+async def xrange(redis: aioredis.Redis, stream: str, *, count: int | None = None) -> list[Entry]:
+    return cast(list[Entry], await redis.xrange(stream, count=count))
+
+
+async def xrevrange(redis: aioredis.Redis, stream: str, *, count: int) -> list[Entry]:
+    return cast(list[Entry], await redis.xrevrange(stream, count=count))
+
+
+# --- entry codecs -----------------------------------------------------------------------------
+
+
+def _text(fields: Fields, name: bytes) -> str:
+    return fields.get(name, b"").decode()
+
+
+def decode_raw(fields: Fields) -> RawEntry:
+    kind = _text(fields, b"kind")
+    return RawEntry(
+        tenant=_text(fields, b"tenant"),
+        kind=kind,  # type: ignore[arg-type]  # checked by the consumer of this kind's stream
+        id=_text(fields, b"id"),
+        received_at=int(fields.get(b"received_at", b"0") or 0),
+        body=fields.get(b"body", b""),
+        ip=_text(fields, b"ip"),
+        ua=_text(fields, b"ua"),
+    )
+
+
+def decode_clean(fields: Fields) -> CleanEntry:
+    return CleanEntry(
+        tenant=_text(fields, b"tenant"),
+        kind=_text(fields, b"kind"),  # type: ignore[arg-type]
+        id=_text(fields, b"id"),
+        received_at=int(fields.get(b"received_at", b"0") or 0),
+        body=fields.get(b"body", b""),
+    )
+
+
+def decode_dead_letter(fields: Fields) -> DeadLetter:
+    return DeadLetter(
+        tenant=_text(fields, b"tenant"),
+        kind=_text(fields, b"kind"),  # type: ignore[arg-type]
+        id=_text(fields, b"id"),
+        received_at=int(fields.get(b"received_at", b"0") or 0),
+        body=fields.get(b"body", b""),
+        reason=_text(fields, b"reason"),
+        stage=_text(fields, b"stage"),  # type: ignore[arg-type]
+        attempts=int(fields.get(b"attempts", b"1") or 1),
+    )
+
+
+def entry_as_json(entry_id: bytes, fields: Fields) -> bytes:
+    """One stream entry as one JSON object (for `rivulet tail` and `rivulet dlq list`)."""
+    out: dict[str, str] = {"stream_id": entry_id.decode()}
+    for key, value in fields.items():
+        out[key.decode()] = value.decode("utf-8", "replace")
+    return msgspec.json.encode(out)
+
+
+# --- Lua: gateway append ------------------------------------------------------------------------
+
+# KEYS: raw stream, rate bucket, idempotency key (any same-slot key when unused), signature key,
+#       seen key per event
+# ARGV: high watermark, rate/s, burst, idempotency ttl (0 = none), body hash, rejected JSON,
+#       tenant, kind, received_at, ip, ua, signature ttl, then (id, body) per event
+# Returns {"idem", stored} | {"replay", "1"} | {"backlog", "1"} | {"rate", retry_after_s}
+#       | {"ok", answer JSON}. The signature is spent only by an accepted request, so a client
+#       may resend the very same signed request after a 429/503.
+GATEWAY_APPEND: Final = """
+local raw = KEYS[1]
+local idem_ttl = tonumber(ARGV[4])
+if idem_ttl > 0 then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then return {'idem', prev} end
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'replay', '1'} end
+if redis.call('XLEN', raw) >= tonumber(ARGV[1]) then return {'backlog', '1'} end
+local n = #KEYS - 4
+local fresh = {}
+local dups = 0
+local in_batch = {}
+for i = 1, n do
+  local k = KEYS[4 + i]
+  if in_batch[k] or redis.call('EXISTS', k) == 1 then
+    dups = dups + 1
+  else
+    in_batch[k] = true
+    fresh[#fresh + 1] = i
+  end
+end
+local rate, burst = tonumber(ARGV[2]), tonumber(ARGV[3])
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local bucket = redis.call('HMGET', KEYS[2], 'tokens', 'ts')
+local tokens = tonumber(bucket[1]) or burst
+local last = tonumber(bucket[2]) or t
+tokens = math.min(burst, tokens + math.max(0, t - last) * rate)
+local need = #fresh
+if need > tokens then
+  return {'rate', tostring(math.max(1, math.ceil((need - tokens) / rate)))}
+end
+redis.call('HSET', KEYS[2], 'tokens', tostring(tokens - need), 'ts', tostring(t))
+redis.call('EXPIRE', KEYS[2], math.ceil(burst / rate) + 60)
+for _, i in ipairs(fresh) do
+  local o = 12 + (i - 1) * 2
+  redis.call('XADD', raw, '*', 'tenant', ARGV[7], 'kind', ARGV[8], 'id', ARGV[o + 1],
+    'received_at', ARGV[9], 'body', ARGV[o + 2], 'ip', ARGV[10], 'ua', ARGV[11])
+end
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[12])
+local answer = '{"accepted":' .. need .. ',"duplicates":' .. dups
+  .. ',"rejected":' .. ARGV[6] .. '}'
+if idem_ttl > 0 then redis.call('SET', KEYS[3], ARGV[5] .. '\\n' .. answer, 'EX', idem_ttl) end
+return {'ok', answer}
+"""
+
+# --- Lua: stage commit (normalizer and writer) ----------------------------------------------------
+
+# KEYS: input stream, output stream, dlq stream, then one seen key per output entry
+# ARGV: group, dedupe ttl, dlq maxlen, n_out, n_dlq, then per output (tenant, kind, id,
+#       received_at, body), per dead letter (tenant, kind, id, received_at, body, reason, stage,
+#       attempts), then the input ids to acknowledge.
+# Returns {added, duplicates}
+STAGE_COMMIT: Final = """
+local group, ttl, dlq_maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local n_out, n_dlq = tonumber(ARGV[4]), tonumber(ARGV[5])
+local o = 5
+local added, dups = 0, 0
+for i = 1, n_out do
+  if redis.call('SET', KEYS[3 + i], '1', 'NX', 'EX', ttl) then
+    redis.call('XADD', KEYS[2], '*', 'tenant', ARGV[o + 1], 'kind', ARGV[o + 2], 'id', ARGV[o + 3],
+      'received_at', ARGV[o + 4], 'body', ARGV[o + 5])
+    added = added + 1
+  else
+    dups = dups + 1
+  end
+  o = o + 5
+end
+for i = 1, n_dlq do
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', dlq_maxlen, '*', 'tenant', ARGV[o + 1],
+    'kind', ARGV[o + 2], 'id', ARGV[o + 3], 'received_at', ARGV[o + 4], 'body', ARGV[o + 5],
+    'reason', ARGV[o + 6], 'stage', ARGV[o + 7], 'attempts', ARGV[o + 8])
+  o = o + 8
+end
+local ids = {}
+for i = o + 1, #ARGV do
+  ids[#ids + 1] = ARGV[i]
+  if #ids == 500 then
+    redis.call('XACK', KEYS[1], group, unpack(ids))
+    ids = {}
+  end
+end
+if #ids > 0 then redis.call('XACK', KEYS[1], group, unpack(ids)) end
+return {added, dups}
+"""
+
+
+def dead_letter_args(letter: DeadLetter) -> list[bytes | str | int]:
+    return [
+        letter.tenant,
+        letter.kind,
+        letter.id,
+        letter.received_at,
+        letter.body,
+        letter.reason[:2000],
+        letter.stage,
+        letter.attempts,
+    ]
+
+
+class StageCommit(msgspec.Struct, frozen=True):
+    """What one batch of one stage produced; applied atomically by `commit()`."""
+
+    acked: Sequence[EntryId]
+    outputs: Sequence[CleanEntry] = ()
+    dead_letters: Sequence[DeadLetter] = ()
+
+
+class Streams:
+    """Scripts and stream operations bound to one Redis client and namespace."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._append = redis.register_script(GATEWAY_APPEND)
+        self._commit = redis.register_script(STAGE_COMMIT)
+
+    async def gateway_append(
+        self,
+        kind: Kind,
+        tenant: str,
+        received_at: int,
+        ip: str,
+        ua: str,
+        events: Sequence[tuple[str, bytes]],
+        *,
+        signature: str,
+        signature_ttl_s: int,
+        high_watermark: int,
+        rate_per_s: float,
+        burst: float,
+        idempotency_key: str | None,
+        idempotency_ttl_s: int,
+        body_hash: str,
+        rejected_json: bytes,
+    ) -> tuple[str, bytes]:
+        idem = (
+            self.keys.idempotency(kind, tenant, idempotency_key)
+            if idempotency_key
+            else self.keys.rate(kind, tenant)
+        )
+        keys = [
+            self.keys.stream(kind, "raw"),
+            self.keys.rate(kind, tenant),
+            idem,
+            self.keys.signature(kind, signature),
+        ]
+        keys.extend(self.keys.seen(kind, tenant, event_id) for event_id, _ in events)
+        args: list[bytes | str | int | float] = [
+            high_watermark,
+            rate_per_s,
+            burst,
+            idempotency_ttl_s if idempotency_key else 0,
+            body_hash,
+            rejected_json,
+            tenant,
+            kind,
+            received_at,
+            ip,
+            ua,
+            signature_ttl_s,
+        ]
+        for event_id, body in events:
+            args.append(event_id)
+            args.append(body)
+        status, value = await self._append(keys=keys, args=args)
+        return status.decode(), value
+
+    async def commit(
+        self,
+        kind: Kind,
+        group: str,
+        input_stage: Stage,
+        batch: StageCommit,
+        dedupe_ttl_s: int,
+        dlq_maxlen: int,
+    ) -> tuple[int, int]:
+        """Atomically: add outputs (skipping ids seen within the window), dead letters, XACK."""
+        output_stage: Stage = "clean" if input_stage == "raw" else "dlq"
+        keys = [
+            self.keys.stream(kind, input_stage),
+            self.keys.stream(kind, output_stage),
+            self.keys.stream(kind, "dlq"),
+        ]
+        keys.extend(self.keys.seen(kind, out.tenant, out.id) for out in batch.outputs)
+        args: list[bytes | str | int] = [
+            group,
+            dedupe_ttl_s,
+            dlq_maxlen,
+            len(batch.outputs),
+            len(batch.dead_letters),
+        ]
+        for out in batch.outputs:
+            args.extend((out.tenant, out.kind, out.id, out.received_at, out.body))
+        for letter in batch.dead_letters:
+            args.extend(dead_letter_args(letter))
+        args.extend(batch.acked)
+        added, dups = await self._commit(keys=keys, args=args)
+        return int(added), int(dups)
+
+    async def safe_trim(self, stream: str) -> int:
+        """Drop only entries every group has acknowledged; returns how many were removed.
+
+        The cut is the lowest of, per group, its oldest pending id or the id after its last
+        delivered one; a stream without groups is never trimmed.
+        """
+        try:
+            groups = await self.redis.xinfo_groups(stream)
+        except ResponseError:
+            return 0
+        if not groups:
+            return 0
+        cut: tuple[int, int] | None = None
+        for info in groups:
+            if int(info["pending"]) > 0:
+                summary = await self.redis.xpending(stream, info["name"])
+                candidate = _parse_id(summary["min"])
+            else:
+                ms, seq = _parse_id(info["last-delivered-id"])
+                candidate = (ms, seq + 1)
+            cut = candidate if cut is None else min(cut, candidate)
+        assert cut is not None
+        if cut == (0, 1):
+            return 0
+        return int(await self.redis.xtrim(stream, minid=f"{cut[0]}-{cut[1]}"))
+
+
+def _parse_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
