@@ -1,0 +1,225 @@
+"""Normalizer against real Redis: hand-off, dedupe, DLQ, replicas, crash claims, trimming."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from services.normalizer.app import Normalizer
+from services.normalizer.enrich import MaxMindCityLookup, UserAgentParser, no_geo
+from services.normalizer.normalize import Enrichment
+from shared.config import Settings
+from shared.consumer import ensure_group
+from shared.schemas import Kind, Log, Rum
+from shared.streams import Keys, flatten_read, xrange
+from tests.helpers import log_event, rum_event
+
+CHROME_LINUX = (
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36"
+)
+
+
+async def append_raw(
+    redis: aioredis.Redis,
+    keys: Keys,
+    kind: Kind,
+    bodies: Sequence[bytes],
+    *,
+    tenant: str = "acme",
+    ip: str = "",
+    ua: str = "",
+) -> None:
+    async with redis.pipeline(transaction=False) as pipe:
+        for i, body in enumerate(bodies):
+            pipe.xadd(
+                keys.stream(kind, "raw"),
+                {
+                    "tenant": tenant,
+                    "kind": kind,
+                    "id": "",
+                    "received_at": str(1000 + i),
+                    "body": body,
+                    "ip": ip,
+                    "ua": ua,
+                },
+            )
+        await pipe.execute()
+
+
+@contextlib.asynccontextmanager
+async def running(*workers: Normalizer) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+
+
+async def wait_for_len(redis: aioredis.Redis, stream: str, n: int, timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while await redis.xlen(stream) < n:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{stream} has {await redis.xlen(stream)} entries, wanted {n}")
+        await asyncio.sleep(0.05)
+
+
+def enrichment() -> Enrichment:
+    return Enrichment(geo=no_geo, user_agent=UserAgentParser())
+
+
+def normalizer(
+    settings: Settings, redis: aioredis.Redis, consumer: str, kinds: Sequence[Kind] = ("logs",)
+) -> Normalizer:
+    return Normalizer(settings, redis, kinds, consumer, enrichment())
+
+
+async def test_clean_entries_are_scrubbed_and_deduped(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    events = [
+        log_event(1, message="mail jane@example.com", id="a"),
+        log_event(2, id="b"),
+        log_event(1, message="mail jane@example.com", id="a"),  # resent
+    ]
+    await append_raw(redis, keys, "logs", [msgspec.json.encode(e) for e in events])
+    async with running(normalizer(settings, redis, "n1")):
+        await wait_for_len(redis, keys.stream("logs", "clean"), 2)
+        await asyncio.sleep(0.3)
+    clean = await xrange(redis, keys.stream("logs", "clean"))
+    assert len(clean) == 2
+    first = msgspec.json.decode(clean[0][1][b"body"], type=Log)
+    assert first.message == "mail <email>"
+    assert first.id == "a" and first.tenant == "acme" and first.received_at == 1000
+    info = await redis.xinfo_groups(keys.stream("logs", "raw"))
+    assert info[0]["pending"] == 0
+
+
+async def test_invalid_events_go_to_the_dlq_with_reason(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    bodies = [b"not json", msgspec.json.encode(log_event(1, ts="yesterday")), b'{"ts": 1}']
+    await append_raw(redis, keys, "logs", [*bodies, msgspec.json.encode(log_event(2))])
+    async with running(normalizer(settings, redis, "n1")):
+        await wait_for_len(redis, keys.stream("logs", "dlq"), 3)
+        await wait_for_len(redis, keys.stream("logs", "clean"), 1)
+    letters = await xrange(redis, keys.stream("logs", "dlq"))
+    reasons = [fields[b"reason"].decode() for _, fields in letters]
+    assert reasons[0].startswith("invalid event: not a JSON object")
+    assert "ts" in reasons[1]
+    assert all(fields[b"stage"] == b"normalizer" for _, fields in letters)
+    assert [fields[b"body"] for _, fields in letters] == bodies
+
+
+async def test_rum_is_enriched_with_geo_and_user_agent(
+    redis: aioredis.Redis, settings: Settings, namespace: str, geoip_test_db: Path
+) -> None:
+    keys = Keys(namespace)
+    await append_raw(
+        redis, keys, "rum", [msgspec.json.encode(rum_event(1))], ip="81.2.69.142", ua=CHROME_LINUX
+    )
+    geo = MaxMindCityLookup(str(geoip_test_db))
+    worker = Normalizer(
+        settings, redis, ["rum"], "n1", Enrichment(geo=geo, user_agent=UserAgentParser())
+    )
+    async with running(worker):
+        await wait_for_len(redis, keys.stream("rum", "clean"), 1)
+    [(_, fields)] = await xrange(redis, keys.stream("rum", "clean"))
+    rum = msgspec.json.decode(fields[b"body"], type=Rum)
+    assert (rum.geo.country, rum.geo.city) == ("GB", "London")
+    assert (rum.user_agent.browser, rum.user_agent.os) == ("Chrome", "Linux")
+
+
+async def test_two_replicas_share_the_stream_without_duplicates(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    n = 3000
+    bodies = [msgspec.json.encode(log_event(i)) for i in range(n)]
+    # every event twice: the second copy must be dropped by the dedupe window
+    await append_raw(redis, keys, "logs", bodies + bodies)
+    small = msgspec.structs.replace(settings, normalizer_batch=100)
+    async with running(normalizer(small, redis, "n1"), normalizer(small, redis, "n2")):
+        await wait_for_len(redis, keys.stream("logs", "clean"), n)
+        await asyncio.sleep(0.5)
+    clean = await xrange(redis, keys.stream("logs", "clean"))
+    ids = [fields[b"id"] for _, fields in clean]
+    assert len(ids) == n == len(set(ids))
+    consumers = await redis.xinfo_consumers(keys.stream("logs", "raw"), "normalizers")
+    assert {c["name"] for c in consumers} == {b"n1", b"n2"}
+
+
+async def test_entries_of_a_dead_consumer_are_claimed(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    raw = keys.stream("logs", "raw")
+    await append_raw(redis, keys, "logs", [msgspec.json.encode(log_event(i)) for i in range(50)])
+    await ensure_group(redis, raw, "normalizers")
+    # "dead" reads everything and never acknowledges (a SIGKILLed replica)
+    taken = flatten_read(await redis.xreadgroup("normalizers", "dead", {raw: ">"}, count=100))
+    assert len(taken) == 50
+    async with running(normalizer(settings, redis, "alive")):
+        await wait_for_len(redis, keys.stream("logs", "clean"), 50, timeout=20)
+    assert (await redis.xpending(raw, "normalizers"))["pending"] == 0
+
+
+async def test_entry_delivered_too_often_is_dead_lettered(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    raw = keys.stream("logs", "raw")
+    await append_raw(redis, keys, "logs", [msgspec.json.encode(log_event(1))])
+    await ensure_group(redis, raw, "normalizers")
+    for _ in range(settings.max_deliveries + 1):
+        await redis.xreadgroup("normalizers", "n1", {raw: "0" if _ else ">"}, count=10)
+    async with running(normalizer(settings, redis, "n1")):
+        await wait_for_len(redis, keys.stream("logs", "dlq"), 1)
+    [(_, fields)] = await xrange(redis, keys.stream("logs", "dlq"))
+    assert fields[b"reason"].startswith(b"delivered")
+    assert int(fields[b"attempts"]) > settings.max_deliveries
+    assert await redis.xlen(keys.stream("logs", "clean")) == 0
+
+
+async def test_raw_stream_is_trimmed_only_after_acknowledgement(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    raw = keys.stream("logs", "raw")
+    await append_raw(redis, keys, "logs", [msgspec.json.encode(log_event(i)) for i in range(20)])
+    await ensure_group(redis, raw, "normalizers")
+    await ensure_group(redis, raw, "slow-group")  # a second group that never reads
+    async with running(normalizer(settings, redis, "n1")):
+        await wait_for_len(redis, keys.stream("logs", "clean"), 20)
+        await asyncio.sleep(1.2)
+        assert await redis.xlen(raw) == 20  # the slow group still needs every entry
+        await redis.xgroup_destroy(raw, "slow-group")
+        deadline = asyncio.get_running_loop().time() + 5
+        while await redis.xlen(raw) > 0:
+            assert asyncio.get_running_loop().time() < deadline, "raw stream never trimmed"
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("watermark", [1])
+async def test_normalizer_pauses_while_clean_backlog_is_high(
+    redis: aioredis.Redis, settings: Settings, namespace: str, watermark: int
+) -> None:
+    keys = Keys(namespace)
+    await redis.xadd(keys.stream("logs", "clean"), {"filler": "1"})
+    await append_raw(redis, keys, "logs", [msgspec.json.encode(log_event(1))])
+    paused = msgspec.structs.replace(settings, clean_high_watermark=watermark)
+    async with running(normalizer(paused, redis, "n1")):
+        await asyncio.sleep(1.0)
+        assert await redis.xlen(keys.stream("logs", "clean")) == 1
+        await redis.delete(keys.stream("logs", "clean"))
+        await wait_for_len(redis, keys.stream("logs", "clean"), 1)

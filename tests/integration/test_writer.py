@@ -1,0 +1,240 @@
+"""Writers against real Redis, the ClickHouse engine (chdb) and PostgreSQL.
+
+The only fakes are injected faults at the ClickHouse client boundary (an outage, a poison row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
+
+import asyncpg
+import clickhouse_connect
+import msgspec
+import redis.asyncio as aioredis
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from services.normalizer.normalize import to_clean_entry
+from services.writer.app import Writer
+from services.writer.sinks import ClickHouseSink, PostgresSink, Sink
+from shared.config import Settings
+from shared.consumer import ensure_group
+from shared.events import parse_event
+from shared.schemas import CleanEvent, Kind
+from shared.streams import Keys, StageCommit, Streams, flatten_read, xrange
+from tests.helpers import log_event, metric_event, rum_event, span_event
+
+FACTORIES: dict[Kind, Callable[..., dict[str, Any]]] = {
+    "logs": log_event,
+    "metrics": metric_event,
+    "spans": span_event,
+    "rum": rum_event,
+}
+
+
+def clean_events(kind: Kind, ids: range, **overrides: Any) -> list[CleanEvent]:
+    return [
+        parse_event(kind, msgspec.json.encode(FACTORIES[kind](i, **overrides)), "acme", 7)
+        for i in ids
+    ]
+
+
+async def append_clean(
+    redis: aioredis.Redis, namespace: str, kind: Kind, events: Sequence[CleanEvent]
+) -> None:
+    keys = Keys(namespace)
+    # the normalizer's own hand-off script, with nothing to acknowledge upstream
+    await Streams(redis, keys).commit(
+        kind,
+        "normalizers",
+        "raw",
+        StageCommit(acked=[], outputs=[to_clean_entry(e, kind) for e in events]),
+        3600,
+        1000,
+    )
+
+
+class FaultyClient:
+    """Delegates to a real client; raises injected faults at the boundary."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.outage_calls = 0
+        self.poison_marker = ""
+        self.inserts = 0
+
+    def insert(self, table: str, data: Sequence[Sequence[Any]], **kwargs: Any) -> Any:
+        if self.outage_calls > 0:
+            self.outage_calls -= 1
+            raise OperationalError("injected: connection refused")
+        if self.poison_marker and any(self.poison_marker in str(row) for row in data):
+            raise DatabaseError("Code: 53. DB::Exception: injected: type mismatch (TYPE_MISMATCH)")
+        self.inserts += 1
+        return self.client.insert(table, data, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def clickhouse_sink(settings: Settings, faulty: FaultyClient | None = None) -> ClickHouseSink:
+    def connect(dsn: str) -> Client:
+        client = clickhouse_connect.get_client(dsn=dsn)
+        if faulty is None:
+            return client
+        faulty.client = client
+        return cast(Client, faulty)
+
+    return ClickHouseSink(settings.clickhouse_dsn, settings.clickhouse_database, 0, connect=connect)
+
+
+@contextlib.asynccontextmanager
+async def running_writer(
+    settings: Settings,
+    redis: aioredis.Redis,
+    sinks: Sequence[Sink],
+    kinds: Sequence[Kind],
+    consumer: str = "w1",
+) -> AsyncIterator[Writer]:
+    for sink in sinks:
+        await sink.start()
+    writer = Writer(settings, redis, sinks, kinds, consumer)
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        writer.stop()
+        await asyncio.wait_for(task, timeout=15)
+        for sink in sinks:
+            await sink.close()
+
+
+async def wait_acked(
+    redis: aioredis.Redis, namespace: str, kind: Kind, timeout: float = 20
+) -> None:
+    stream = Keys(namespace).stream(kind, "clean")
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        groups = await redis.xinfo_groups(stream)
+        if groups and groups[0]["pending"] == 0 and groups[0]["lag"] == 0:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"{stream} not drained: {groups}"
+        await asyncio.sleep(0.05)
+
+
+async def count_rows(sink: ClickHouseSink, table: str) -> tuple[int, int]:
+    out = await sink.query_json_lines(
+        f"SELECT count() AS n, uniqExact(id) AS u FROM `{sink.database}`.{table}"
+    )
+    row = msgspec.json.decode(out.splitlines()[0])
+    return int(row["n"]), int(row["u"])
+
+
+async def test_clickhouse_kinds_are_written_once(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    sink = clickhouse_sink(settings)
+    for kind in ("logs", "spans", "rum"):
+        await append_clean(
+            redis, namespace, cast(Kind, kind), clean_events(cast(Kind, kind), range(300))
+        )
+    async with running_writer(settings, redis, [sink], ["logs", "spans", "rum"]):
+        for kind in ("logs", "spans", "rum"):
+            await wait_acked(redis, namespace, cast(Kind, kind))
+        for table in ("logs", "spans", "rum_events"):
+            assert await count_rows(sink, table) == (300, 300)
+        out = await sink.query_json_lines(
+            f"SELECT duration_ns, status, toUnixTimestamp64Nano(ts) AS ts "
+            f"FROM `{settings.clickhouse_database}`.spans WHERE id = 'span-1'"
+        )
+        row = msgspec.json.decode(out)
+        assert row["duration_ns"] == 1_000_000 and row["status"] == "ok"
+
+
+async def test_metrics_go_to_postgres_once_even_when_redelivered(
+    redis: aioredis.Redis, settings: Settings, namespace: str, pg_schema: str, pg_dsn: str
+) -> None:
+    events = clean_events("metrics", range(500))
+    await append_clean(redis, namespace, "metrics", events)
+    sink = PostgresSink(pg_dsn, pg_schema)
+    async with running_writer(settings, redis, [sink], ["metrics"]):
+        await wait_acked(redis, namespace, "metrics")
+    # the same events arrive again as new clean entries (e.g. replayed from the DLQ)
+    await redis.delete(*[Keys(namespace).seen("metrics", "acme", e.id) for e in events[:100]])
+    await append_clean(redis, namespace, "metrics", events[:100])
+    sink = PostgresSink(pg_dsn, pg_schema)
+    async with running_writer(settings, redis, [sink], ["metrics"]):
+        await wait_acked(redis, namespace, "metrics")
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        total, unique = await conn.fetchrow(
+            f'SELECT count(*), count(DISTINCT id) FROM "{pg_schema}".metrics'
+        )
+        labels = await conn.fetchval(
+            f"SELECT labels->>'host' FROM \"{pg_schema}\".metrics WHERE id = 'metric-4'"
+        )
+        view = await conn.fetchval(f'SELECT sum(samples) FROM "{pg_schema}".metrics_1m')
+    finally:
+        await conn.close()
+    assert (total, unique) == (500, 500)
+    assert labels == "h1"
+    assert view == 500
+
+
+async def test_redelivered_batch_after_crash_is_not_duplicated(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    stream = keys.stream("logs", "clean")
+    events = clean_events("logs", range(200))
+    await append_clean(redis, namespace, "logs", events)
+    await ensure_group(redis, stream, "writers")
+    # a writer read all entries and inserted half of them, then was SIGKILLed before XACK
+    taken = flatten_read(await redis.xreadgroup("writers", "w1-logs-0", {stream: ">"}, count=500))
+    assert len(taken) == 200
+    sink = clickhouse_sink(settings)
+    await sink.start()
+    await sink.insert("logs", events[:100], "crashed-batch")
+    # the restarted writer (same consumer name) re-reads its pending entries first
+    async with running_writer(settings, redis, [sink], ["logs"]):
+        await wait_acked(redis, namespace, "logs")
+        assert await count_rows(sink, "logs") == (200, 200)
+
+
+async def test_outage_keeps_entries_pending_then_drains(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    faulty = FaultyClient(cast(Client, None))
+    faulty.outage_calls = 4
+    sink = clickhouse_sink(settings, faulty)
+    await append_clean(redis, namespace, "logs", clean_events("logs", range(100)))
+    async with running_writer(settings, redis, [sink], ["logs"]):
+        await asyncio.sleep(0.3)
+        groups = await redis.xinfo_groups(keys.stream("logs", "clean"))
+        assert groups[0]["pending"] > 0  # held, not acknowledged, during the outage
+        await wait_acked(redis, namespace, "logs")
+        assert await count_rows(sink, "logs") == (100, 100)
+    assert faulty.outage_calls == 0
+
+
+async def test_rejected_rows_go_to_dlq_without_blocking_the_batch(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    faulty = FaultyClient(cast(Client, None))
+    faulty.poison_marker = "POISON"
+    sink = clickhouse_sink(settings, faulty)
+    events = clean_events("logs", range(64))
+    poison = clean_events("logs", range(1000, 1002), message="POISON row")
+    await append_clean(
+        redis, namespace, "logs", events[:30] + poison[:1] + events[30:] + poison[1:]
+    )
+    async with running_writer(settings, redis, [sink], ["logs"]):
+        await wait_acked(redis, namespace, "logs")
+        assert await count_rows(sink, "logs") == (64, 64)
+    letters = await xrange(redis, keys.stream("logs", "dlq"))
+    assert sorted(f[b"id"] for _, f in letters) == [b"log-1000", b"log-1001"]
+    assert all(b"TYPE_MISMATCH" in f[b"reason"] and f[b"stage"] == b"writer" for _, f in letters)
