@@ -31,7 +31,7 @@ local target = KEYS[2]
 if fields['stage'] == 'writer' then target = KEYS[3] end
 redis.call('XADD', target, '*', 'tenant', fields['tenant'] or '', 'kind', fields['kind'] or '',
   'id', fields['id'] or '', 'received_at', fields['received_at'] or '0',
-  'body', fields['body'] or '',
+  'body', fields['body'] or '', 'ip', fields['ip'] or '', 'ua', fields['ua'] or '',
   'replayed_from', ARGV[1])
 redis.call('XDEL', KEYS[1], ARGV[1])
 return 1

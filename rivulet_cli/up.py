@@ -35,10 +35,10 @@ CHILDREN: Final = (
     ("writer", ["writer", "--consumer", "writer-1"]),
 )
 EXAMPLE_EVENTS: Final = (
-    b'{"ts": "2026-01-01T12:00:00Z", "service": "checkout", "level": "info", '
-    b'"message": "order placed by jane@example.com", "attrs": {"order_id": "A-1001"}}\n'
-    b'{"ts": "2026-01-01T12:00:01Z", "service": "checkout", "level": "error", '
-    b'"message": "card 4111 1111 1111 1111 declined", "attrs": {"client_ip": "81.2.69.142"}}\n'
+    '{{"ts": {now}, "service": "checkout", "level": "info", '
+    '"message": "order placed by jane@example.com", "attrs": {{"order_id": "A-1001"}}}}\n'
+    '{{"ts": {now}, "service": "checkout", "level": "error", '
+    '"message": "card 4111 1111 1111 1111 declined", "attrs": {{"client_ip": "81.2.69.142"}}}}\n'
 )
 
 
@@ -131,7 +131,7 @@ def run_up(settings: Settings, config_file: str | None) -> int:
     if _wait_healthy(base + "/healthz", 30):
         key = _demo_key(settings, var)
         example = var / "example-logs.ndjson"
-        example.write_bytes(EXAMPLE_EVENTS)
+        example.write_text(EXAMPLE_EVENTS.format(now=time.time_ns()))
         exe = Path(sys.argv[0]).resolve()
         rivulet = os.path.relpath(exe) if exe.is_relative_to(Path.cwd()) else str(exe)
         print(

@@ -43,7 +43,7 @@ class KeyStore:
             )
         key = ApiKey(
             key_id="rk_" + secrets.token_hex(8),
-            secret=secrets.token_urlsafe(32),
+            secret=secrets.token_hex(32),  # hex: safe to paste into shells and argv
             tenant=tenant,
             created_at=int(time.time()),
         )

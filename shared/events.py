@@ -4,9 +4,9 @@ Used by the gateway (to validate, answer per event and stamp the id on the raw e
 normalizer (the authority: it re-parses the raw body). Both must agree, so this is the only place
 that knows the rules:
 - timestamps: RFC 3339 strings with an offset, or integer unix nanoseconds; canonical form is UTC
-  nanoseconds within the range both stores can hold (1900-01-01 .. 2262-04-11);
-- unknown top-level fields move into `attrs`; attribute values that are not strings are stored as
-  their JSON text;
+  nanoseconds within the range both stores can hold (1900-01-01 .. 2262-01-01);
+- unknown top-level fields move into `attrs` (metrics too); attribute values that are not strings
+  are stored as their JSON text;
 - the event id is the client's `id`, or a hash of tenant + kind + canonical event.
 """
 
@@ -45,8 +45,8 @@ MAX_ID_CHARS: Final = 128
 MAX_TEXT_CHARS: Final = 256 * 1024
 
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -54,6 +54,7 @@ _HEX16 = re.compile(r"[0-9a-f]{16}")
 _object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 _canonical_encoder: Final = msgspec.json.Encoder(order="sorted")
 _value_encoder: Final = msgspec.json.Encoder()
+_KIND_OF: Final[dict[type[CleanEvent], Kind]] = {clean: kind for kind, clean in CLEAN_TYPES.items()}
 _WIRE_FIELDS: Final[dict[Kind, frozenset[str]]] = {
     kind: frozenset(wire.__struct_fields__) for kind, wire in WIRE_TYPES.items()
 }
@@ -74,13 +75,16 @@ def parse_timestamp(value: Timestamp, field: str = "ts") -> int:
         if match is None:
             raise InvalidEvent(f"{field}: not an RFC 3339 timestamp with an offset: {value[:64]!r}")
         year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
-        if not (1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]):
+        if not (year >= 1 and 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]):
             raise InvalidEvent(f"{field}: no such date: {value[:64]!r}")
         if hour > 23 or minute > 59 or second > 59:
             raise InvalidEvent(f"{field}: no such time of day: {value[:64]!r}")
         seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
         if match.group(9):
-            offset = int(match.group(10)) * 3600 + int(match.group(11)) * 60
+            offset_hours, offset_minutes = int(match.group(10)), int(match.group(11))
+            if offset_hours > 23 or offset_minutes > 59:
+                raise InvalidEvent(f"{field}: no such UTC offset: {value[:64]!r}")
+            offset = offset_hours * 3600 + offset_minutes * 60
             seconds -= offset if match.group(9) == "+" else -offset
         fraction = (match.group(7) or "")[:9].ljust(9, "0")
         nanos = seconds * 10**9 + int(fraction)
@@ -163,6 +167,7 @@ def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> Cle
             labels=_string_map(wire.labels, "labels"),
             service=_text(wire.service, "service", 256),
             host=_text(wire.host, "host", 256),
+            attrs=_attrs_with_extras(wire.attrs, obj, kind),
         )
     if isinstance(wire, SpanIn):
         start = parse_timestamp(wire.start, "start")
@@ -191,6 +196,8 @@ def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> Cle
             attrs=_attrs_with_extras(wire.attrs, obj, kind),
         )
     assert isinstance(wire, RumIn)
+    if len(wire.metrics) > MAX_ATTRS or any(len(k) > MAX_KEY_CHARS for k in wire.metrics):
+        raise InvalidEvent(f"metrics: more than {MAX_ATTRS} entries or an over-long name")
     if not all(math.isfinite(v) for v in wire.metrics.values()):
         raise InvalidEvent("metrics: values must be finite numbers")
     return Rum(
@@ -211,7 +218,9 @@ def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> Cle
 def event_id(event: CleanEvent) -> str:
     """Hash of tenant + kind + the canonical event (id, received_at and enrichment excluded)."""
     bare = msgspec.structs.replace(event, id="", received_at=0)
-    digest = hashlib.sha256(_canonical_encoder.encode(bare)).hexdigest()
+    digest = hashlib.sha256(
+        _KIND_OF[type(event)].encode() + b"\0" + _canonical_encoder.encode(bare)
+    ).hexdigest()
     return digest[:32]
 
 
@@ -219,7 +228,7 @@ def parse_event(kind: Kind, raw: bytes, tenant: str, received_at: int = 0) -> Cl
     """Validate one event's JSON bytes into its clean Struct, with its id set."""
     try:
         obj = _object_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"not a JSON object: {exc}") from None
     try:
         wire = msgspec.convert(obj, WIRE_TYPES[kind])

@@ -73,6 +73,7 @@ class MetricIn(msgspec.Struct, frozen=True):
     labels: dict[str, str] = {}
     service: str | None = None
     host: str | None = None
+    attrs: dict[str, Any] = {}
     id: str | None = None
 
 
@@ -143,6 +144,7 @@ class Metric(msgspec.Struct, frozen=True):
     service: str = ""
     host: str = ""
     received_at: int = 0
+    attrs: dict[str, str] = {}
 
 
 class Span(msgspec.Struct, frozen=True):
@@ -225,6 +227,8 @@ class DeadLetter(msgspec.Struct, frozen=True):
     reason: str
     stage: Literal["gateway", "normalizer", "writer"]
     attempts: int = 1
+    ip: str = ""
+    ua: str = ""
 
 
 # --- HTTP answers ---------------------------------------------------------------------------------

@@ -93,17 +93,36 @@ async def xrevrange(redis: aioredis.Redis, stream: str, *, count: int) -> list[E
 # --- entry codecs -----------------------------------------------------------------------------
 
 
+class MalformedEntry(ValueError):
+    """A stream entry whose fields are not what Rivulet writes (hand-made or corrupted)."""
+
+
 def _text(fields: Fields, name: bytes) -> str:
-    return fields.get(name, b"").decode()
+    return fields.get(name, b"").decode("utf-8", "replace")
+
+
+def _nanos(fields: Fields) -> int:
+    raw = fields.get(b"received_at", b"0") or b"0"
+    if not raw.isdigit() or len(raw) > 20:
+        raise MalformedEntry(f"received_at is not integer nanoseconds: {raw[:40]!r}")
+    return int(raw)
+
+
+def _tenant(fields: Fields) -> str:
+    tenant = _text(fields, b"tenant")
+    if not tenant:
+        raise MalformedEntry("no tenant")
+    return tenant
 
 
 def decode_raw(fields: Fields) -> RawEntry:
+    """Raises MalformedEntry when the fields cannot be trusted."""
     kind = _text(fields, b"kind")
     return RawEntry(
-        tenant=_text(fields, b"tenant"),
+        tenant=_tenant(fields),
         kind=kind,  # type: ignore[arg-type]  # checked by the consumer of this kind's stream
         id=_text(fields, b"id"),
-        received_at=int(fields.get(b"received_at", b"0") or 0),
+        received_at=_nanos(fields),
         body=fields.get(b"body", b""),
         ip=_text(fields, b"ip"),
         ua=_text(fields, b"ua"),
@@ -111,12 +130,35 @@ def decode_raw(fields: Fields) -> RawEntry:
 
 
 def decode_clean(fields: Fields) -> CleanEntry:
+    """Raises MalformedEntry when the fields cannot be trusted."""
     return CleanEntry(
-        tenant=_text(fields, b"tenant"),
+        tenant=_tenant(fields),
         kind=_text(fields, b"kind"),  # type: ignore[arg-type]
         id=_text(fields, b"id"),
-        received_at=int(fields.get(b"received_at", b"0") or 0),
+        received_at=_nanos(fields),
         body=fields.get(b"body", b""),
+    )
+
+
+def salvage_dead_letter(
+    fields: Fields, kind: Kind, stage: Literal["normalizer", "writer"], reason: str, attempts: int
+) -> DeadLetter:
+    """A dead letter for an entry that did not decode: keep whatever bytes it had."""
+    try:
+        received_at = _nanos(fields)
+    except MalformedEntry:
+        received_at = 0
+    return DeadLetter(
+        tenant=_text(fields, b"tenant"),
+        kind=kind,
+        id=_text(fields, b"id"),
+        received_at=received_at,
+        body=fields.get(b"body", b""),
+        reason=reason,
+        stage=stage,
+        attempts=attempts,
+        ip=_text(fields, b"ip"),
+        ua=_text(fields, b"ua"),
     )
 
 
@@ -130,6 +172,8 @@ def decode_dead_letter(fields: Fields) -> DeadLetter:
         reason=_text(fields, b"reason"),
         stage=_text(fields, b"stage"),  # type: ignore[arg-type]
         attempts=int(fields.get(b"attempts", b"1") or 1),
+        ip=_text(fields, b"ip"),
+        ua=_text(fields, b"ua"),
     )
 
 
@@ -148,6 +192,7 @@ def entry_as_json(entry_id: bytes, fields: Fields) -> bytes:
 # ARGV: high watermark, rate/s, burst, idempotency ttl (0 = none), body hash, rejected JSON,
 #       tenant, kind, received_at, ip, ua, signature ttl, then (id, body) per event
 # Returns {"idem", stored} | {"replay", "1"} | {"backlog", "1"} | {"rate", retry_after_s}
+#       | {"toolarge", burst} (a batch no bucket can ever hold: retrying cannot help)
 #       | {"ok", answer JSON}. The signature is spent only by an accepted request, so a client
 #       may resend the very same signed request after a 429/503.
 GATEWAY_APPEND: Final = """
@@ -180,6 +225,7 @@ local tokens = tonumber(bucket[1]) or burst
 local last = tonumber(bucket[2]) or t
 tokens = math.min(burst, tokens + math.max(0, t - last) * rate)
 local need = #fresh
+if need > burst then return {'toolarge', tostring(burst)} end
 if need > tokens then
   return {'rate', tostring(math.max(1, math.ceil((need - tokens) / rate)))}
 end
@@ -202,7 +248,7 @@ return {'ok', answer}
 # KEYS: input stream, output stream, dlq stream, then one seen key per output entry
 # ARGV: group, dedupe ttl, dlq maxlen, n_out, n_dlq, then per output (tenant, kind, id,
 #       received_at, body), per dead letter (tenant, kind, id, received_at, body, reason, stage,
-#       attempts), then the input ids to acknowledge.
+#       attempts, ip, ua), then the input ids to acknowledge.
 # Returns {added, duplicates}
 STAGE_COMMIT: Final = """
 local group, ttl, dlq_maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -222,8 +268,9 @@ end
 for i = 1, n_dlq do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', dlq_maxlen, '*', 'tenant', ARGV[o + 1],
     'kind', ARGV[o + 2], 'id', ARGV[o + 3], 'received_at', ARGV[o + 4], 'body', ARGV[o + 5],
-    'reason', ARGV[o + 6], 'stage', ARGV[o + 7], 'attempts', ARGV[o + 8])
-  o = o + 8
+    'reason', ARGV[o + 6], 'stage', ARGV[o + 7], 'attempts', ARGV[o + 8],
+    'ip', ARGV[o + 9], 'ua', ARGV[o + 10])
+  o = o + 10
 end
 local ids = {}
 for i = o + 1, #ARGV do
@@ -248,6 +295,8 @@ def dead_letter_args(letter: DeadLetter) -> list[bytes | str | int]:
         letter.reason[:2000],
         letter.stage,
         letter.attempts,
+        letter.ip,
+        letter.ua,
     ]
 
 

@@ -25,6 +25,7 @@ from services.gateway.ingest import (
     check_content_headers,
     client_ip,
     decompress,
+    parse_decimal,
     parse_networks,
     split_events,
     validate_events,
@@ -41,6 +42,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 INGEST_PREFIX: Final = "/v1/ingest/"
+MAX_IDEMPOTENCY_KEY: Final = 1024
 SIGNATURE_REPLAYED: Final = "signature already used: sign every new request anew"
 _rejections: Final = msgspec.json.Encoder()
 _error_encoder: Final = msgspec.json.Encoder()
@@ -179,13 +181,16 @@ class Gateway:
                 401, "missing X-Rivulet-Key, X-Rivulet-Timestamp or X-Rivulet-Signature"
             )
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+        declared_size = parse_decimal(declared, 18)
+        if declared_size is not None and declared_size > settings.max_body_bytes:
             raise HttpError(413, f"body larger than {settings.max_body_bytes} bytes")
         body = await _read_body(receive, settings.max_body_bytes)
 
         key = await self._authenticate(key_id, timestamp, signature, scope, body)
         signature = signature.strip().lower()
-        idempotency_key = headers.get("idempotency-key", "")[:256] or None
+        idempotency_key = headers.get("idempotency-key", "") or None
+        if idempotency_key and len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise HttpError(400, f"Idempotency-Key longer than {MAX_IDEMPOTENCY_KEY} characters")
         body_hash = hashlib.sha256(body).hexdigest()
         async with self.redis.pipeline(transaction=False) as pipe:
             if idempotency_key:
@@ -230,6 +235,10 @@ class Gateway:
             raise HttpError(
                 503, f"{kind} backlog over its high watermark: retry later", retry_after=5
             )
+        if status == "toolarge":
+            raise HttpError(
+                413, f"batch larger than the rate limit burst ({value.decode()} events)"
+            )
         if status == "rate":
             raise HttpError(429, f"tenant over its {kind} rate limit", retry_after=int(value))
         self._count(kind, value, rejected)
@@ -241,10 +250,8 @@ class Gateway:
         key = await self.key_store.lookup(key_id)
         if key is None:
             raise HttpError(401, "unknown or revoked key")
-        if (
-            not timestamp.isdigit()
-            or abs(self.clock() - int(timestamp)) > self.settings.signature_window_s
-        ):
+        seconds = parse_decimal(timestamp, 12)
+        if seconds is None or abs(self.clock() - seconds) > self.settings.signature_window_s:
             raise HttpError(
                 401, f"timestamp outside the {self.settings.signature_window_s} s window"
             )

@@ -57,16 +57,23 @@ def decompress(body: bytes, content_encoding: str, limit: int) -> bytes:
         if len(body) > limit:
             raise HttpError(413, f"body larger than {limit} bytes")
         return body
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise HttpError(422, f"body is not valid gzip: {exc}") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise HttpError(413, f"decompressed body larger than {limit} bytes")
-    if not inflater.eof:
-        raise HttpError(422, "body is not valid gzip: truncated stream")
-    return out
+    chunks: list[bytes] = []
+    size = 0
+    remaining = body
+    while remaining:  # concatenated gzip members are one valid gzip stream (RFC 1952)
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(remaining, limit + 1 - size)
+        except zlib.error as exc:
+            raise HttpError(422, f"body is not valid gzip: {exc}") from None
+        size += len(out)
+        if size > limit or inflater.unconsumed_tail:
+            raise HttpError(413, f"decompressed body larger than {limit} bytes")
+        if not inflater.eof:
+            raise HttpError(422, "body is not valid gzip: truncated stream")
+        chunks.append(out)
+        remaining = inflater.unused_data
+    return b"".join(chunks)
 
 
 def split_events(body: bytes, content_type: str, max_events: int) -> list[bytes]:
@@ -109,6 +116,13 @@ def validate_events(
 
 def parse_networks(cidrs: Sequence[str]) -> tuple[IpNetwork, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def parse_decimal(value: str, max_digits: int) -> int | None:
+    """A plain ASCII decimal of at most `max_digits` digits, else None (never raises)."""
+    if not value or len(value) > max_digits or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
 
 
 def client_ip(peer: str, forwarded_for: str, trusted: Sequence[IpNetwork]) -> str:

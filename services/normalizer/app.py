@@ -25,7 +25,14 @@ from shared.consumer import Delivery, StreamReader, ensure_group
 from shared.events import InvalidEvent
 from shared.retry import Backoff
 from shared.schemas import CleanEntry, DeadLetter, Kind
-from shared.streams import Keys, StageCommit, Streams, decode_raw
+from shared.streams import (
+    Keys,
+    MalformedEntry,
+    StageCommit,
+    Streams,
+    decode_raw,
+    salvage_dead_letter,
+)
 from shared.worker import StoppableWorker
 
 log = structlog.get_logger()
@@ -38,7 +45,16 @@ def process_batch(
     outputs: list[CleanEntry] = []
     dead: list[DeadLetter] = []
     for delivery in deliveries:
-        entry = decode_raw(delivery.fields)
+        try:
+            entry = decode_raw(delivery.fields)
+        except MalformedEntry as exc:
+            reason = f"malformed raw entry: {exc}"
+            dead.append(
+                salvage_dead_letter(
+                    delivery.fields, kind, "normalizer", reason, delivery.deliveries
+                )
+            )
+            continue
         reason = ""
         if delivery.deliveries > max_deliveries:
             reason = f"delivered {delivery.deliveries} times without being processed"
@@ -60,6 +76,8 @@ def process_batch(
                     reason=reason,
                     stage="normalizer",
                     attempts=delivery.deliveries,
+                    ip=entry.ip,
+                    ua=entry.ua,
                 )
             )
     return StageCommit(acked=[d.id for d in deliveries], outputs=outputs, dead_letters=dead)

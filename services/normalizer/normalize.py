@@ -58,7 +58,9 @@ def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent
             attrs=scrub_attrs(event.attrs),
         )
     assert isinstance(event, Metric)
-    return msgspec.structs.replace(event, labels=scrub_attrs(event.labels))
+    return msgspec.structs.replace(
+        event, labels=scrub_attrs(event.labels), attrs=scrub_attrs(event.attrs)
+    )
 
 
 def to_clean_entry(event: CleanEvent, kind: Kind) -> CleanEntry:

@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import redis.asyncio as aioredis
@@ -28,7 +28,14 @@ from shared.config import Settings
 from shared.consumer import Delivery, StreamReader, ensure_group
 from shared.retry import Backoff
 from shared.schemas import CLEAN_TYPES, CleanEvent, DeadLetter, Kind
-from shared.streams import Keys, StageCommit, Streams, decode_clean
+from shared.streams import (
+    Keys,
+    MalformedEntry,
+    StageCommit,
+    Streams,
+    decode_clean,
+    salvage_dead_letter,
+)
 from shared.worker import StoppableWorker
 
 log = structlog.get_logger()
@@ -40,23 +47,23 @@ class DecodedBatch(msgspec.Struct, frozen=True):
     undecodable: list[DeadLetter]
 
 
+_DECODERS: Final = {kind: msgspec.json.Decoder(clean) for kind, clean in CLEAN_TYPES.items()}
+
+
 def decode_batch(kind: Kind, deliveries: Sequence[Delivery]) -> DecodedBatch:
     """Pure: clean entries -> events; an entry that does not decode is a dead letter."""
-    decoder = msgspec.json.Decoder(CLEAN_TYPES[kind])
+    decoder = _DECODERS[kind]
     events: list[CleanEvent] = []
     dead: list[DeadLetter] = []
     for delivery in deliveries:
-        entry = decode_clean(delivery.fields)
         try:
-            events.append(decoder.decode(entry.body))
-        except msgspec.DecodeError as exc:
+            events.append(decoder.decode(decode_clean(delivery.fields).body))
+        except (MalformedEntry, msgspec.DecodeError) as exc:
             dead.append(
-                _dead_letter(
+                salvage_dead_letter(
+                    delivery.fields,
                     kind,
-                    entry.tenant,
-                    entry.id,
-                    entry.received_at,
-                    entry.body,
+                    "writer",
                     f"undecodable clean entry: {exc}",
                     delivery.deliveries,
                 )

@@ -170,6 +170,7 @@ METRIC_COLUMNS: Final = (
     "service",
     "host",
     "received_at",
+    "attrs",
 )
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -268,6 +269,7 @@ def to_metric_records(events: Sequence[Metric]) -> list[tuple[Any, ...]]:
             m.service,
             m.host,
             nanos_to_datetime(m.received_at),
+            _labels_encoder.encode(m.attrs).decode(),
         )
         for m in events
     ]

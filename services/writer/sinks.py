@@ -102,7 +102,13 @@ class ClickHouseSink:
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
     async def start(self) -> None:
-        ttl = f"TTL toDateTime(ts) + INTERVAL {int(self.ttl_days)} DAY" if self.ttl_days > 0 else ""
+        # Retention counts from arrival, not from the event's own timestamp: an accepted event
+        # with an old `ts` (a backfill) must still become a row.
+        ttl = (
+            f"TTL toDateTime(received_at) + INTERVAL {int(self.ttl_days)} DAY"
+            if self.ttl_days > 0
+            else ""
+        )
 
         def create(client: Client) -> None:
             client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
@@ -196,8 +202,10 @@ def postgres_ddl(schema: str, timescale: bool) -> list[str]:
             service text NOT NULL DEFAULT '',
             host text NOT NULL DEFAULT '',
             received_at timestamptz NOT NULL,
+            attrs jsonb NOT NULL DEFAULT '{{}}',
             PRIMARY KEY (tenant, id, ts)
         )""",
+        f"ALTER TABLE {s}.metrics ADD COLUMN IF NOT EXISTS attrs jsonb NOT NULL DEFAULT '{{}}'",
         f"CREATE INDEX IF NOT EXISTS metrics_tenant_name_ts_idx "
         f"ON {s}.metrics (tenant, name, ts DESC)",
     ]

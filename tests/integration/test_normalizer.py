@@ -64,8 +64,8 @@ async def running(*workers: Normalizer) -> AsyncIterator[None]:
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
 
 
-async def wait_for_len(redis: aioredis.Redis, stream: str, n: int, timeout: float = 15) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for_len(redis: aioredis.Redis, stream: str, n: int, within_s: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
     while await redis.xlen(stream) < n:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{stream} has {await redis.xlen(stream)} entries, wanted {n}")
@@ -170,7 +170,7 @@ async def test_entries_of_a_dead_consumer_are_claimed(
     taken = flatten_read(await redis.xreadgroup("normalizers", "dead", {raw: ">"}, count=100))
     assert len(taken) == 50
     async with running(normalizer(settings, redis, "alive")):
-        await wait_for_len(redis, keys.stream("logs", "clean"), 50, timeout=20)
+        await wait_for_len(redis, keys.stream("logs", "clean"), 50, within_s=20)
     assert (await redis.xpending(raw, "normalizers"))["pending"] == 0
 
 

@@ -112,10 +112,10 @@ async def running_writer(
 
 
 async def wait_acked(
-    redis: aioredis.Redis, namespace: str, kind: Kind, timeout: float = 20
+    redis: aioredis.Redis, namespace: str, kind: Kind, within_s: float = 20
 ) -> None:
     stream = Keys(namespace).stream(kind, "clean")
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within_s
     while True:
         groups = await redis.xinfo_groups(stream)
         if groups and groups[0]["pending"] == 0 and groups[0]["lag"] == 0:
@@ -136,13 +136,12 @@ async def test_clickhouse_kinds_are_written_once(
     redis: aioredis.Redis, settings: Settings, namespace: str
 ) -> None:
     sink = clickhouse_sink(settings)
-    for kind in ("logs", "spans", "rum"):
-        await append_clean(
-            redis, namespace, cast(Kind, kind), clean_events(cast(Kind, kind), range(300))
-        )
-    async with running_writer(settings, redis, [sink], ["logs", "spans", "rum"]):
-        for kind in ("logs", "spans", "rum"):
-            await wait_acked(redis, namespace, cast(Kind, kind))
+    kinds: list[Kind] = ["logs", "spans", "rum"]
+    for kind in kinds:
+        await append_clean(redis, namespace, kind, clean_events(kind, range(300)))
+    async with running_writer(settings, redis, [sink], kinds):
+        for kind in kinds:
+            await wait_acked(redis, namespace, kind)
         for table in ("logs", "spans", "rum_events"):
             assert await count_rows(sink, table) == (300, 300)
         out = await sink.query_json_lines(

@@ -1,0 +1,107 @@
+"""`rivulet up` as a user runs it: banner, the printed `rivulet send` example, supervision."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import PG_DSN, REDIS_URL
+from tests.e2e.test_pipeline import free_port
+
+
+def rivulet(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rivulet_cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def wait_rows(cwd: Path, env: dict[str, str], want: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = rivulet(cwd, env, "query", "SELECT count() AS n FROM rivulet.logs")
+        if result.returncode == 0 and json.loads(result.stdout)["n"] == want:
+            return
+        assert time.monotonic() < deadline, f"rows never reached {want}: {result}"
+        time.sleep(0.5)
+
+
+@pytest.mark.usefixtures("redis", "pg_schema")
+def test_up_prints_a_working_send_example_and_restarts_children(
+    tmp_path: Path, namespace: str
+) -> None:
+    env = {
+        **os.environ,
+        "RIVULET_REDIS_URL": REDIS_URL,
+        "RIVULET_NAMESPACE": namespace,
+        "RIVULET_TIMESCALE_DSN": PG_DSN,
+        "RIVULET_TIMESCALE_SCHEMA": f"rivulet_{namespace}",
+        "RIVULET_HTTP_PORT": str(free_port()),
+        "RIVULET_QUERY_PORT": str(free_port()),
+        "RIVULET_WRITER_BATCH_AGE_MS": "200",
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "rivulet_cli.main", "up"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        banner: list[str] = []
+        deadline = time.monotonic() + 90
+        while not any("Ctrl-C" in line for line in banner):
+            assert time.monotonic() < deadline and up.poll() is None, "".join(banner)
+            banner.append(up.stdout.readline())
+        send_line = next(line for line in banner if " send --key-id " in line)
+        args = shlex.split(send_line)[1:]  # drop the executable: run it with this interpreter
+        sent = rivulet(tmp_path, env, *args)
+        assert sent.returncode == 0, sent.stderr
+        assert json.loads(sent.stdout)["accepted"] == 2
+        wait_rows(tmp_path, env, 2)
+        [row] = [
+            json.loads(line)
+            for line in rivulet(
+                tmp_path, env, "query", "SELECT message FROM rivulet.logs WHERE level = 'error'"
+            ).stdout.splitlines()
+        ]
+        assert row["message"] == "card <card> declined"
+
+        # SIGKILL the writer (the chdb owner): `up` restarts it and its data survives
+        writer = next(
+            child for child in psutil.Process(up.pid).children() if "writer" in child.cmdline()
+        )
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(10)
+        example = re.search(r"(\S+example-logs\.ndjson)", send_line)
+        assert example is not None
+        Path(example.group(1)).write_text(
+            '{"ts": 1700000000000000000, "service": "s", "level": "info", "message": "after"}\n'
+        )
+        sent = rivulet(tmp_path, env, *args)
+        assert json.loads(sent.stdout)["accepted"] == 1, sent.stdout
+        wait_rows(tmp_path, env, 3, timeout=90)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert up.returncode == 0
