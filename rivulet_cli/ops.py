@@ -131,7 +131,7 @@ def format_status(rows: list[KindStatus]) -> str:
                     f"{stream.stream:<26} {stream.length:>9} {group.name:<12} "
                     f"{group.consumers:>9} {group.pending:>8} {lag:>8}"
                 )
-        lines.append(f"{'  dlq: ' + str(row.dlq):<26}")
+        lines.append(f"{row.kind + ' dlq':<26} {row.dlq:>9}")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from shared.localservers import (
     ensure_postgres,
     ensure_redis,
 )
+from shared.logs import configure_logging
 from shared.schemas import ApiKey
 
 CHILDREN: Final = (
@@ -96,6 +97,7 @@ def _wait_healthy(url: str, timeout_s: float) -> bool:
 
 
 def run_up(settings: Settings, config_file: str | None) -> int:
+    configure_logging("up", settings.log_level)
     var = Path(settings.var_dir).resolve()
     var.mkdir(parents=True, exist_ok=True)
     servers: list[PrivateServer] = []
