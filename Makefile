@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck unit clean
+.PHONY: up test lint typecheck proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 up: $(STAMP)
 	$(BIN)/rivulet up
 
+# Regenerates services/profiler/profile_pb2.py(i) from proto/profile.proto.
+proto: $(STAMP)
+	$(BIN)/python -m services.profiler.build_proto
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m services.profiler.build_proto --check
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

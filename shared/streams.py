@@ -414,8 +414,8 @@ class Streams:
             return 0
         cut: tuple[int, int] | None = None
         for info in groups:
-            if int(info["pending"]) > 0:
-                summary = await self.redis.xpending(stream, info["name"])
+            summary = await self.redis.xpending(stream, info["name"])
+            if summary["pending"] and summary["min"]:
                 candidate = _parse_id(summary["min"])
             else:
                 ms, seq = _parse_id(info["last-delivered-id"])

@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import Sequence
 
 import structlog
-from redis.exceptions import RedisError
 
 from shared.streams import Streams
 
@@ -37,5 +36,5 @@ class StoppableWorker:
             for name in names:
                 try:
                     await streams.safe_trim(name)
-                except RedisError as exc:
-                    log.warning("worker.trim_failed", stream=name, error=str(exc))
+                except Exception as exc:  # trimming is housekeeping: it must never stop a worker
+                    log.warning("worker.trim_failed", stream=name, error=repr(exc))

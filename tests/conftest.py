@@ -7,7 +7,6 @@ flush or share state. A server that is not reachable skips the test locally and 
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,17 +20,8 @@ from redis.exceptions import RedisError
 from shared.config import Settings, load_settings
 from shared.localservers import postgres_reachable
 from shared.streams import connect
-
-REDIS_URL = os.environ.get("RIVULET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_DSN = os.environ.get("RIVULET_TEST_PG_DSN", "postgresql://127.0.0.1:5432/test")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
-
-
-def unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: servers must be available)")
-    pytest.skip(reason)
+from tests.harness import Pipeline
+from tests.servers import PG_DSN, REDIS_URL, SHARED_DIR, unavailable
 
 
 @pytest.fixture
@@ -101,6 +91,20 @@ def settings(namespace: str, chdb_dsn: str, clickhouse_database: str) -> Setting
         retry_base_s=0.05,
         retry_max_s=0.5,
     )
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, namespace: str) -> Iterator[Pipeline]:
+    """The issue's topology as processes: gateway, 2 normalizers, the chdb-owning writer
+    (logs/spans/rum, two consumers per kind) and 2 metrics writers."""
+    pipe = Pipeline(tmp_path, namespace)
+    pipe.require_servers()
+    try:
+        pipe.start_standard()
+        yield pipe
+    finally:
+        pipe.stop()
+        pipe.cleanup()
 
 
 @pytest.fixture

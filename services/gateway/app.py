@@ -30,6 +30,7 @@ from services.gateway.ingest import (
     split_events,
     validate_events,
 )
+from services.gateway.openapi import OPENAPI_JSON
 from shared.apikeys import KeyStore
 from shared.config import Settings
 from shared.schemas import KINDS, ApiKey, ErrorAnswer, Kind, Rejection
@@ -108,6 +109,8 @@ class Gateway:
                 await self._ingest(scope, receive, send, kind)
         elif path == "/healthz":
             await _reply(send, 200, b'{"status":"ok"}')
+        elif path == "/openapi.json":
+            await _reply(send, 200, OPENAPI_JSON)
         elif path == "/readyz":
             await self._ready(send)
         elif path == "/metrics":

@@ -55,7 +55,7 @@ class Sink(Protocol):
 
 # ClickHouse error codes that mean "this data can never be inserted" (bad values, bad types).
 _CLICKHOUSE_DATA_ERRORS: Final = frozenset(
-    {6, 26, 27, 32, 38, 41, 43, 53, 69, 70, 72, 76, 117, 131, 190, 321, 395}
+    {6, 26, 27, 32, 38, 41, 43, 53, 69, 70, 72, 76, 117, 131, 190, 321, 395, 469}
 )
 _CODE = re.compile(r"Code: (\d+)")
 

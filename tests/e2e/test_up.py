@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import PG_DSN, REDIS_URL
-from tests.e2e.test_pipeline import free_port
+from tests.harness import free_port
+from tests.servers import PG_DSN, REDIS_URL
 
 
 def rivulet(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
