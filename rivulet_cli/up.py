@@ -103,7 +103,7 @@ def run_up(settings: Settings, config_file: str | None) -> int:
     servers: list[PrivateServer] = []
     try:
         for server in (
-            ensure_redis(settings.redis_url, var),
+            ensure_redis(settings.redis_url, var, settings.redis_appendfsync),
             ensure_postgres(settings.timescale_dsn, var),
         ):
             if server is not None:

@@ -19,6 +19,9 @@ import msgspec
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # fsync policy of the private Redis `rivulet up` starts (always | everysec | no): how many
+    # accepted events a Redis crash may lose (see docs/guarantees.md)
+    redis_appendfsync: str = "everysec"
     clickhouse_url: str = ""  # "" means chdb:///<cwd>/var/clickhouse
     clickhouse_database: str = "rivulet"
     timescale_dsn: str = "postgresql://127.0.0.1:5432/rivulet"

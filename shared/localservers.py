@@ -268,13 +268,16 @@ def _find_redis_server() -> str:
     )
 
 
-def ensure_redis(url: str, var_dir: Path) -> PrivateServer | None:
+def ensure_redis(url: str, var_dir: Path, appendfsync: str = "everysec") -> PrivateServer | None:
     """Return None when `url` answers; else start a private redis-server for a local URL.
 
-    Data (append-only file) and `redis.log` live in `var_dir/redis`. Raises
+    Data (append-only file, fsynced per `appendfsync`: always | everysec | no) and `redis.log`
+    live in `var_dir/redis`. Raises
     MissingServerBinary when no redis-server exists, RuntimeError when the URL is remote or the
     server does not come up within 10 s.
     """
+    if appendfsync not in ("always", "everysec", "no"):
+        raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
     probe = _probe_redis(url, 1.0)
     if probe.ok:
         log.info("redis reachable", url=_redact(url))
@@ -301,7 +304,7 @@ def ensure_redis(url: str, var_dir: Path) -> PrivateServer | None:
         "--bind", *bind,
         "--dir", str(data_dir),
         "--appendonly", "yes",
-        "--appendfsync", "everysec",
+        "--appendfsync", appendfsync,
         "--save", "",
         "--daemonize", "no",
         "--logfile", str(logfile),

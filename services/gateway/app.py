@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 import redis.asyncio as aioredis
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from redis.exceptions import RedisError
 
@@ -36,6 +37,8 @@ from shared.config import Settings
 from shared.schemas import KINDS, ApiKey, ErrorAnswer, Kind, Rejection
 from shared.signing import signature_matches
 from shared.streams import Keys, Streams, connect
+
+log = structlog.get_logger()
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -127,11 +130,31 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self._report_durability()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.redis.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _report_durability(self) -> None:
+        """Say at start what a 202 rests on: Redis's persistence settings."""
+        try:
+            appendonly = await self.redis.config_get("appendonly")
+            appendfsync = await self.redis.config_get("appendfsync")
+        except RedisError as exc:  # managed Redis may forbid CONFIG: nothing to report then
+            log.info("gateway.durability_unknown", error=str(exc))
+            return
+        aof = _config_value(appendonly, "appendonly")
+        fsync = _config_value(appendfsync, "appendfsync")
+        if aof != "yes":
+            log.warning(
+                "gateway.redis_not_durable",
+                appendonly=aof,
+                detail="accepted events are lost if Redis restarts; enable appendonly",
+            )
+        else:
+            log.info("gateway.redis_durability", appendonly=aof, appendfsync=fsync)
 
     async def _ready(self, send: Send) -> None:
         try:
@@ -272,6 +295,11 @@ class Gateway:
         self.metrics.events.labels(kind, "accepted").inc(parsed["accepted"])
         self.metrics.events.labels(kind, "duplicate").inc(parsed["duplicates"])
         self.metrics.events.labels(kind, "rejected").inc(len(rejected))
+
+
+def _config_value(reply: dict[Any, Any], name: str) -> str:
+    value = reply.get(name.encode(), reply.get(name, b""))
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _replayed_answer(stored: bytes, body_hash: str) -> tuple[int, bytes, dict[str, str]]:
