@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint typecheck proto clean
+.PHONY: up test lint typecheck proto bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ typecheck: $(STAMP)
 # pytest exits 5 when it collects nothing: that is a failure here too.
 test: lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# Figures, not assertions: raw limits of Redis/ClickHouse/PostgreSQL, then the pipeline.
+# Pass options with ARGS, e.g. `make bench ARGS="--events 50000 --json bench.json"`.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

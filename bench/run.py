@@ -1,0 +1,517 @@
+"""`make bench`: the pipeline against the raw limits of its parts, on this machine.
+
+1. Raw limits on the same data shape: Redis pipelined XADD entries/s, ClickHouse insert rows/s
+   through clickhouse-connect (chdb, or the server in RIVULET_CLICKHOUSE_URL), PostgreSQL COPY
+   rows/s through asyncpg.
+2. The pipeline as processes (`rivulet up`'s topology: 1 normalizer, 1 writer; then 2 normalizers
+   + 2 metrics writers), fed by concurrent signed senders with realistic events in batches of 500.
+3. One table: gateway accepted events/s, end-to-end events/s (first send to last row queryable),
+   p50/p95/p99 ingest->queryable latency of sampled events, CPU seconds per 1M events and peak RSS
+   per service, each stage as a ratio of its raw limit.
+
+    .venv/bin/python -m bench.run [--events N] [--duration S] [--rate R] [--json FILE] [--soak]
+
+Not part of `make test`: figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import random
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import psutil
+import redis as syncredis
+
+from services.writer.rows import METRIC_COLUMNS, to_metric_records
+from services.writer.sinks import ClickHouseSink, postgres_ddl
+from shared.events import parse_event
+from shared.schemas import Log, Metric
+from tests.harness import STANDARD_TOPOLOGY, Pipeline, post_signed
+from tests.servers import PG_DSN, REDIS_URL
+
+USER_AGENTS = [
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2_1 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.2 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.1 Safari/605.1.15",
+]
+CLIENT_IPS = ["81.2.69.142", "216.160.83.56", "89.160.20.112", "2001:218::1", "10.0.0.1"]
+MESSAGES = [
+    "GET /api/cart 200 in {n} ms",
+    "user {user}@example.com signed in from 10.2.{n}.7",
+    "payment declined for card 4111 1111 1111 1111 order {n}",
+    "cache miss for key product:{n}",
+    "retrying upstream call attempt={n} token=abc{n}",
+]
+LATENCY_SAMPLE_EVERY = 50
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+def make_events(kind: str, start: int, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    now = time.time_ns()
+    out: list[dict[str, Any]] = []
+    for i in range(start, start + count):
+        if kind == "logs":
+            event: dict[str, Any] = {
+                "ts": now,
+                "service": rng.choice(["checkout", "cart", "search", "auth"]),
+                "level": rng.choice(["info", "info", "info", "warn", "error"]),
+                "message": rng.choice(MESSAGES).format(n=i, user=f"u{i % 97}"),
+                "attrs": {
+                    "http.status": 200,
+                    "region": "eu-west-1",
+                    "client_ip": rng.choice(CLIENT_IPS),
+                },
+                "trace_id": f"{rng.getrandbits(128):032x}",
+            }
+        elif kind == "metrics":
+            event = {
+                "ts": now,
+                "name": rng.choice(["cpu.usage", "mem.rss", "http.requests"]),
+                "value": rng.random() * 100,
+                "type": "gauge",
+                "labels": {"host": f"h{i % 16}", "service": "api"},
+            }
+        elif kind == "spans":
+            event = {
+                "trace_id": f"{rng.getrandbits(128) | 1:032x}",
+                "span_id": f"{rng.getrandbits(64) | 1:016x}",
+                "service": "api",
+                "name": "GET /cart",
+                "start": now,
+                "duration_ns": rng.randint(10**5, 10**8),
+                "status": "ok",
+                "attrs": {"http.route": "/cart"},
+            }
+        else:
+            event = {
+                "ts": now,
+                "session_id": f"s{i % 500}",
+                "type": rng.choice(["page_view", "web_vital", "resource"]),
+                "url": f"https://shop.example.com/p/{i % 1000}?ref=mail",
+                "metrics": {"lcp": rng.random() * 4000},
+            }
+        event["id"] = f"{kind}-{i}"
+        out.append(event)
+    return out
+
+
+# --- raw limits ----------------------------------------------------------------------------------
+
+
+def redis_xadd_limit(redis_url: str, n: int, body: bytes) -> float:
+    client = syncredis.Redis.from_url(redis_url)
+    stream = f"bench:xadd:{uuid.uuid4().hex}"
+    fields: dict[Any, Any] = {
+        "tenant": "acme",
+        "kind": "logs",
+        "id": "x",
+        "received_at": "1",
+        "body": body,
+    }
+    started = time.perf_counter()
+    for chunk in range(0, n, 500):
+        with client.pipeline(transaction=False) as pipe:
+            for _ in range(min(500, n - chunk)):
+                pipe.xadd(stream, fields)
+            pipe.execute()
+    elapsed = time.perf_counter() - started
+    client.delete(stream)
+    client.close()
+    return n / elapsed
+
+
+def clickhouse_insert_limit(n: int, events: list[Log]) -> float:
+    dsn = (
+        os.environ.get("RIVULET_CLICKHOUSE_URL") or f"chdb://{tempfile.mkdtemp(prefix='bench-ch-')}"
+    )
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+
+    async def run() -> float:
+        sink = ClickHouseSink(dsn, database, 0)
+        await sink.start()
+        rows = [
+            msgspec.structs.replace(e, id=f"{i}") for i, e in enumerate(events * (n // len(events)))
+        ]
+        started = time.perf_counter()
+        for chunk in range(0, len(rows), 5000):
+            await sink.insert("logs", rows[chunk : chunk + 5000], uuid.uuid4().hex)
+        elapsed = time.perf_counter() - started
+        await sink.close()
+        return len(rows) / elapsed
+
+    return asyncio.run(run())
+
+
+def postgres_copy_limit(dsn: str, n: int, events: list[Metric]) -> float:
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+
+    async def run() -> float:
+        conn = await asyncpg.connect(dsn)
+        try:
+            for statement in postgres_ddl(schema, timescale=False):
+                await conn.execute(statement)
+            records = to_metric_records(
+                [
+                    msgspec.structs.replace(e, id=f"{i}")
+                    for i, e in enumerate(events * (n // len(events)))
+                ]
+            )
+            started = time.perf_counter()
+            for chunk in range(0, len(records), 5000):
+                await conn.copy_records_to_table(
+                    "metrics",
+                    schema_name=schema,
+                    records=records[chunk : chunk + 5000],
+                    columns=list(METRIC_COLUMNS),
+                )
+            elapsed = time.perf_counter() - started
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+            return len(records) / elapsed
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+
+class Monitor(threading.Thread):
+    """CPU seconds and peak RSS per service process, sampled every 0.5 s."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__(daemon=True)
+        self.pipeline = pipeline
+        self.peak_rss: dict[str, int] = {}
+        self.cpu_start: dict[str, float] = {}
+        self.cpu_end: dict[str, float] = {}
+        self.rss_samples: list[tuple[float, dict[str, int]]] = []
+        self.done = threading.Event()
+
+    def _cpu(self, pid: int) -> float:
+        times = psutil.Process(pid).cpu_times()
+        return float(times.user + times.system)
+
+    def start_counting(self) -> None:
+        for name, process in self.pipeline.processes.items():
+            self.cpu_start[name] = self._cpu(process.pid)
+
+    def stop_counting(self) -> None:
+        for name, process in self.pipeline.processes.items():
+            self.cpu_end[name] = self._cpu(process.pid)
+        self.done.set()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.done.is_set():
+            sample: dict[str, int] = {}
+            for name, process in self.pipeline.processes.items():
+                try:
+                    rss = int(psutil.Process(process.pid).memory_info().rss)
+                except psutil.Error:
+                    continue
+                sample[name] = rss
+                self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+            self.rss_samples.append((time.monotonic() - started, sample))
+            time.sleep(0.5)
+
+
+def service_of(process_name: str) -> str:
+    return process_name.rsplit("-", 1)[0] if process_name[-1].isdigit() else process_name
+
+
+def run_pipeline(
+    name: str,
+    topology: tuple[tuple[str, tuple[str, ...]], ...],
+    total: int,
+    rate: float | None,
+    senders: int,
+    kinds: tuple[str, ...],
+) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    pipeline = Pipeline(
+        root, f"bench{uuid.uuid4().hex[:8]}", extra_env={"RIVULET_LOG_LEVEL": "warning"}
+    )
+    pipeline.require_servers()
+    monitor = Monitor(pipeline)
+    try:
+        pipeline.start_standard(topology)
+        key = pipeline.create_key()
+        monitor.start()
+        monitor.start_counting()
+        per_kind = total // len(kinds)
+        work = [(kind, start) for kind in kinds for start in range(0, per_kind, 500)]
+        random.Random(1).shuffle(work)
+        sent_at: dict[str, int] = {}
+        lock = threading.Lock()
+        accepted = 0
+        started = time.monotonic()
+
+        def send_share(share: list[tuple[str, int]], seed: int) -> int:
+            rng = random.Random(seed)
+            done = 0
+            with httpx.Client(base_url=pipeline.url, timeout=60) as client:
+                for index, (kind, start) in enumerate(share):
+                    if rate:
+                        due = started + (index * senders * 500) / rate
+                        time.sleep(max(0.0, due - time.monotonic()))
+                    events = make_events(kind, start, min(500, per_kind - start), rng)
+                    headers = {
+                        "User-Agent": rng.choice(USER_AGENTS),
+                        "X-Forwarded-For": rng.choice(CLIENT_IPS),
+                    }
+                    while True:
+                        first_sent = time.time_ns()
+                        response = post_signed(client, key, kind, events, **headers)
+                        if response.status_code == 202:
+                            break
+                        time.sleep(float(response.headers.get("retry-after", "1")))
+                    done += len(events)
+                    with lock:
+                        for event in events[::LATENCY_SAMPLE_EVERY]:
+                            sent_at[f"{kind}:{event['id']}"] = first_sent
+            return done
+
+        latencies = LatencyProbe(pipeline, sent_at, lock)
+        latencies.start()
+        with ThreadPoolExecutor(senders) as pool:
+            futures = [pool.submit(send_share, work[i::senders], i) for i in range(senders)]
+            accepted = sum(f.result() for f in futures)
+        sent_s = time.monotonic() - started
+        wait_rows(pipeline, kinds, per_kind)
+        end_to_end_s = time.monotonic() - started
+        monitor.stop_counting()
+        latencies.finish()
+        cpu: dict[str, float] = {}
+        rss: dict[str, float] = {}
+        for process_name in pipeline.processes:
+            service = service_of(process_name)
+            cpu[service] = cpu.get(service, 0.0) + (
+                monitor.cpu_end[process_name] - monitor.cpu_start[process_name]
+            )
+            rss[service] = max(rss.get(service, 0.0), monitor.peak_rss.get(process_name, 0) / 2**20)
+        lat = sorted(latencies.values_ms)
+        return {
+            "variant": name,
+            "events": accepted,
+            "gateway_events_per_s": accepted / sent_s,
+            "end_to_end_events_per_s": accepted / end_to_end_s,
+            "latency_ms": {p: percentile(lat, p) for p in (50, 95, 99)},
+            "latency_samples": len(lat),
+            "cpu_s_per_million": {s: c / accepted * 1e6 for s, c in cpu.items()},
+            "peak_rss_mib": rss,
+            "rss_samples": monitor.rss_samples,
+        }
+    finally:
+        monitor.done.set()
+        pipeline.stop()
+        pipeline.cleanup()
+
+
+class LatencyProbe(threading.Thread):
+    """Polls for sampled events until each is queryable; latency = first seen - sent."""
+
+    def __init__(self, pipeline: Pipeline, sent_at: dict[str, int], lock: threading.Lock) -> None:
+        super().__init__(daemon=True)
+        self.pipeline = pipeline
+        self.sent_at = sent_at
+        self.lock = lock
+        self.seen: set[str] = set()
+        self.values_ms: list[float] = []
+        self.stop = threading.Event()
+
+    def finish(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(self.seen) < len(self.sent_at):
+            time.sleep(0.2)
+        self.stop.set()
+        self.join(5)
+
+    def run(self) -> None:
+        query_url = f"http://127.0.0.1:{self.pipeline.query_port}/query"
+        tables = {"logs": "logs", "spans": "spans", "rum": "rum_events"}
+        with httpx.Client(timeout=10) as client:
+            while not self.stop.is_set():
+                with self.lock:
+                    waiting = [k for k in self.sent_at if k not in self.seen]
+                by_kind: dict[str, list[str]] = {}
+                for key in waiting[:2000]:
+                    kind, _, event_id = key.partition(":")
+                    by_kind.setdefault(kind, []).append(event_id)
+                for kind, ids in by_kind.items():
+                    if kind not in tables:
+                        continue  # metrics latency is not sampled: PostgreSQL, no query port
+                    listed = ",".join(f"'{i}'" for i in ids)
+                    sql = f"SELECT id FROM rivulet.{tables[kind]} WHERE id IN ({listed})"
+                    try:
+                        body = client.post(query_url, content=sql.encode()).content
+                    except httpx.TransportError:
+                        continue
+                    now = time.time_ns()
+                    for line in body.splitlines():
+                        event_id = json.loads(line)["id"]
+                        key = f"{kind}:{event_id}"
+                        if key not in self.seen:
+                            self.seen.add(key)
+                            self.values_ms.append((now - self.sent_at[key]) / 1e6)
+                time.sleep(0.1)
+
+
+def wait_rows(pipeline: Pipeline, kinds: tuple[str, ...], per_kind: int) -> None:
+    tables = {"logs": "logs", "spans": "spans", "rum": "rum_events"}
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        complete = True
+        for kind in kinds:
+            rows = (
+                pipeline.metric_counts()[0]
+                if kind == "metrics"
+                else pipeline.clickhouse_counts(tables[kind])[0]
+            )
+            complete = complete and rows >= per_kind
+        if complete:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("rows never became queryable")
+
+
+def percentile(values: list[float], p: int) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, int(len(values) * p / 100))]
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    python = f"{platform.python_implementation()} {platform.python_version()}"
+    return f"{platform.node()}: {os.cpu_count()} cores, {memory:.0f} GiB, {python}"
+
+
+def table(limits: dict[str, float], results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"machine: {machine()}  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
+        "",
+        "raw limits (same event shape):",
+        f"  redis pipelined XADD            {limits['redis_xadd_per_s']:>12,.0f} entries/s",
+        f"  clickhouse insert (logs rows)   {limits['clickhouse_rows_per_s']:>12,.0f} rows/s",
+        f"  postgres COPY (metrics rows)    {limits['postgres_rows_per_s']:>12,.0f} rows/s",
+        "",
+    ]
+    for r in results:
+        lines += [
+            f"pipeline: {r['variant']} ({r['events']:,} events)",
+            f"  gateway accepted               {r['gateway_events_per_s']:>10,.0f} events/s"
+            f"  ({r['gateway_events_per_s'] / limits['redis_xadd_per_s']:.0%} of redis XADD)",
+            f"  end to end (send -> queryable) {r['end_to_end_events_per_s']:>10,.0f} events/s"
+            f"  ({r['end_to_end_events_per_s'] / limits['clickhouse_rows_per_s']:.0%}"
+            " of clickhouse insert)",
+            f"  ingest->queryable latency ms   p50 {r['latency_ms'][50]:.0f}"
+            f"  p95 {r['latency_ms'][95]:.0f}  p99 {r['latency_ms'][99]:.0f}"
+            f"  ({r['latency_samples']} sampled events)",
+            "  CPU s per 1M events             "
+            + "  ".join(f"{s}={v:.1f}" for s, v in sorted(r["cpu_s_per_million"].items())),
+            "  peak RSS MiB                    "
+            + "  ".join(f"{s}={v:.0f}" for s, v in sorted(r["peak_rss_mib"].items())),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000, help="events per pipeline variant")
+    parser.add_argument("--duration", type=float, help="with --rate: send for this many seconds")
+    parser.add_argument(
+        "--rate", type=float, help="offered events/s (default: as fast as possible)"
+    )
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--kinds", default="logs,metrics,spans,rum")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--soak", action="store_true", help="10 minutes at --rate (default 5000/s), RSS over time"
+    )
+    args = parser.parse_args()
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    rng = random.Random(3)
+    logs = [
+        parse_event("logs", msgspec.json.encode(e), "acme")
+        for e in make_events("logs", 0, 500, rng)
+    ]
+    metrics = [
+        parse_event("metrics", msgspec.json.encode(e), "acme")
+        for e in make_events("metrics", 0, 500, rng)
+    ]
+    body = msgspec.json.encode(make_events("logs", 0, 1, rng)[0])
+    limits = {
+        "redis_xadd_per_s": redis_xadd_limit(REDIS_URL, 100_000, body),
+        "clickhouse_rows_per_s": clickhouse_insert_limit(
+            100_000, [e for e in logs if isinstance(e, Log)]
+        ),
+        "postgres_rows_per_s": postgres_copy_limit(
+            PG_DSN, 100_000, [m for m in metrics if isinstance(m, Metric)]
+        ),
+    }
+    rate = args.rate
+    total = args.events
+    if args.soak:
+        rate = rate or 5000.0
+        total = int(rate * (args.duration or 600))
+    elif args.duration and rate:
+        total = int(rate * args.duration)
+    variants: list[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]] = [
+        ("rivulet up defaults (1 normalizer, 1 writer)", UP_TOPOLOGY),
+    ]
+    if not args.soak:
+        variants.append(("2 normalizers + 2 metrics writers", STANDARD_TOPOLOGY))
+    results = [
+        run_pipeline(name, topo, total, rate, args.senders, kinds) for name, topo in variants
+    ]
+    print(table(limits, results))
+    if args.soak:
+        print("RSS MiB over time (soak):")
+        for second, sample in results[0]["rss_samples"][::20]:
+            print(
+                f"  t={second:6.0f}s  "
+                + "  ".join(f"{n}={v / 2**20:.0f}" for n, v in sorted(sample.items()))
+            )
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"machine": machine(), "limits": limits, "results": results}, indent=2)
+        )
+
+
+UP_TOPOLOGY: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("gateway", ("gateway",)),
+    ("normalizer", ("normalizer", "--consumer", "n1")),
+    ("writer", ("writer", "--consumer", "w1")),
+)
+
+
+if __name__ == "__main__":
+    main()
