@@ -1,4 +1,5 @@
-"""`rivulet`: run services, manage keys, send events, inspect streams, query the stores."""
+"""`rivulet`: run services, manage keys, send events, inspect streams, query the stores,
+report on profiles."""
 
 from __future__ import annotations
 
@@ -14,21 +15,29 @@ import msgspec
 import redis.asyncio as aioredis
 
 from rivulet_cli import ops
+from rivulet_cli import profiles as profile_cli
 from rivulet_cli.send import batches, read_events, send_batch
-from shared.apikeys import KeyStore
+from shared.apikeys import KeyStore, describe_key
 from shared.config import Settings, load_settings
-from shared.schemas import KINDS, Kind
+from shared.schemas import ALL_KINDS, KINDS, Kind
 from shared.streams import Keys, Stage, connect
 
 T = TypeVar("T")
 
 
-def _kinds(value: str) -> list[Kind]:
-    kinds = [k.strip() for k in value.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise argparse.ArgumentTypeError(f"kinds must be among {', '.join(KINDS)}")
-    return cast(list[Kind], kinds)
+def _kinds_among(allowed: tuple[Kind, ...]) -> Callable[[str], list[Kind]]:
+    def parse(value: str) -> list[Kind]:
+        kinds = [k.strip() for k in value.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in allowed]
+        if bad or not kinds:
+            raise argparse.ArgumentTypeError(f"kinds must be among {', '.join(allowed)}")
+        return cast(list[Kind], kinds)
+
+    return parse
+
+
+_kinds = _kinds_among(KINDS)  # normalizer: JSON events
+_writer_kinds = _kinds_among(ALL_KINDS)  # writer: every clean stream, profiles too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,16 +49,45 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("gateway", help="run the HTTP gateway")
     gateway.add_argument("--port", type=int)
     gateway.add_argument("--host")
-    for name in ("normalizer", "writer"):
+    for name, parse, default in (
+        ("normalizer", _kinds, KINDS),
+        ("writer", _writer_kinds, ALL_KINDS),
+    ):
         worker = sub.add_parser(name, help=f"run a {name} (any number of replicas)")
-        worker.add_argument("--kinds", type=_kinds, default=list(KINDS), help="comma-separated")
+        worker.add_argument("--kinds", type=parse, default=list(default), help="comma-separated")
         worker.add_argument("--consumer", help="stable consumer name (default host-pid)")
+    profiler = sub.add_parser(
+        "profiler", help="run a profiler: pprof decoding (any number of replicas) + HTTP reports"
+    )
+    profiler.add_argument("--consumer", help="stable consumer name (default host-pid)")
+    profiler.add_argument("--port", type=int, help="HTTP reports port (default 8125)")
+    profiler.add_argument("--host", help="HTTP reports address (default 127.0.0.1)")
+    profiler.add_argument("--no-http", action="store_true", help="decode only, serve no reports")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="keys_command", required=True
     )
     create = keys.add_parser("create")
     create.add_argument("--tenant", required=True)
+    create.add_argument(
+        "--type",
+        choices=("hmac", "token", "browser"),
+        default="hmac",
+        help="hmac: signs requests (default); token: bearer token for OTLP senders; "
+        "browser: public key for /v1/ingest/rum from --origin pages",
+    )
+    create.add_argument(
+        "--origin", action="append", default=[], help="browser keys: allowed page origin (repeat)"
+    )
+    create.add_argument(
+        "--allow-native", action="store_true", help="token keys: also accepted on /v1/ingest/*"
+    )
+    create.add_argument(
+        "--ip",
+        choices=("truncate", "drop"),
+        default="truncate",
+        help="browser keys: after GeoIP, store the client IP truncated (/24, /48) or drop it",
+    )
     keys.add_parser("list")
     revoke = keys.add_parser("revoke")
     revoke.add_argument("key_id")
@@ -64,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("file", help="path, or - for standard input")
 
     tail = sub.add_parser("tail", help="print stream entries as JSON lines")
-    tail.add_argument("kind", choices=KINDS)
+    tail.add_argument("kind", choices=ALL_KINDS)
     tail.add_argument("--stage", choices=("raw", "clean", "dlq"), default="clean")
     tail.add_argument("--follow", "-f", action="store_true")
     tail.add_argument("-n", type=int, default=10, help="entries to show first")
@@ -74,13 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq = sub.add_parser("dlq", help="inspect and re-drive dead letters")
     dlq.add_argument("action", choices=("list", "replay", "drop"))
-    dlq.add_argument("kind", choices=KINDS)
+    dlq.add_argument("kind", choices=ALL_KINDS)
     dlq.add_argument("--id", action="append", default=[], help="entry id (repeatable); default all")
     dlq.add_argument("-n", type=int, default=100)
 
     query = sub.add_parser("query", help="read-only SQL, JSON lines out")
     query.add_argument("--timescale", action="store_true", help="PostgreSQL instead of ClickHouse")
     query.add_argument("sql")
+
+    profile_cli.add_parser(sub)
     return parser
 
 
@@ -121,6 +161,18 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         run_writer(settings, args.kinds, args.consumer)
         return 0
+    if command == "profiler":
+        from services.profiler.main import run as run_profiler
+
+        changes: dict[str, Any] = {}
+        if args.port:
+            changes["profiler_http_port"] = args.port
+        if args.host:
+            changes["profiler_http_host"] = args.host
+        run_profiler(msgspec.structs.replace(settings, **changes), args.consumer, not args.no_http)
+        return 0
+    if command == "profile":
+        return profile_cli.run(args, settings)
     if command == "keys":
         return _keys(args, settings)
     if command == "send":
@@ -153,10 +205,17 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
         return KeyStore(redis, keys.api_keys)
 
     if args.keys_command == "create":
-        key = _with_redis(settings, lambda r, k: store(r, k).create(args.tenant))
-        ops.write_line(
-            msgspec.json.encode({"key_id": key.key_id, "secret": key.secret, "tenant": key.tenant})
+        key = _with_redis(
+            settings,
+            lambda r, k: store(r, k).create(
+                args.tenant,
+                args.type,
+                origins=args.origin,
+                allow_native=args.allow_native,
+                ip_policy=args.ip,
+            ),
         )
+        ops.write_line(msgspec.json.encode(describe_key(key, created=True)))
     elif args.keys_command == "list":
         for key in _with_redis(settings, lambda r, k: store(r, k).list()):
             ops.write_line(
@@ -166,6 +225,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
                         "tenant": key.tenant,
                         "created_at": key.created_at,
                         "revoked": bool(key.revoked_at),
+                        **describe_key(key, created=False),
                     }
                 )
             )

@@ -13,14 +13,15 @@ from redis.exceptions import ResponseError
 
 from services.writer.sinks import ClickHouseSink
 from shared.config import Settings
-from shared.schemas import KINDS
-from shared.streams import Keys, Stage, entry_as_json, flatten_read, xrange, xrevrange
+from shared.schemas import ALL_KINDS, PROFILES
+from shared.streams import Fields, Keys, Stage, entry_as_json, flatten_read, xrange, xrevrange
 
 _encoder: Final = msgspec.json.Encoder()
 
 # KEYS: dlq, raw, clean. ARGV: dlq entry id. Moves one dead letter back to the stream its stage
 # reads (raw for gateway/normalizer letters, clean for writer letters) and deletes it, atomically,
-# so two concurrent replays can never re-drive the same letter twice.
+# so two concurrent replays can never re-drive the same letter twice. A profile's letter keeps its
+# plain fields (service, type, size, labels): the profiler needs them.
 DLQ_REPLAY: Final = """
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #found == 0 then return 0 end
@@ -29,13 +30,25 @@ local fields = {}
 for i = 1, #f, 2 do fields[f[i]] = f[i + 1] end
 local target = KEYS[2]
 if fields['stage'] == 'writer' then target = KEYS[3] end
-redis.call('XADD', target, '*', 'tenant', fields['tenant'] or '', 'kind', fields['kind'] or '',
+local out = {'tenant', fields['tenant'] or '', 'kind', fields['kind'] or '',
   'id', fields['id'] or '', 'received_at', fields['received_at'] or '0',
   'body', fields['body'] or '', 'ip', fields['ip'] or '', 'ua', fields['ua'] or '',
-  'replayed_from', ARGV[1])
+  'replayed_from', ARGV[1]}
+for _, name in ipairs({'service', 'type', 'size', 'labels'}) do
+  if fields[name] then out[#out + 1] = name; out[#out + 1] = fields[name] end
+end
+redis.call('XADD', target, '*', unpack(out))
 redis.call('XDEL', KEYS[1], ARGV[1])
 return 1
 """
+
+
+def entry_line(kind: str, entry_id: bytes, fields: Fields) -> bytes:
+    """One entry as JSON; a profile's body is binary (protobuf or msgpack), so it is summarized
+    (`rivulet profile get` fetches a stored protobuf)."""
+    if kind == PROFILES and b"body" in fields:
+        fields = {**fields, b"body": f"<{len(fields[b'body'])} bytes, binary>".encode()}
+    return entry_as_json(entry_id, fields)
 
 
 def write_line(data: bytes) -> None:
@@ -50,12 +63,12 @@ async def tail(
     entries = await xrevrange(redis, stream, count=count)
     last = b"$"
     for entry_id, fields in reversed(entries):
-        write_line(entry_as_json(entry_id, fields))
+        write_line(entry_line(kind, entry_id, fields))
         last = entry_id
     while follow:
         reply = await redis.xread({stream: last}, count=1000, block=5000)
         for entry_id, fields in flatten_read(reply):
-            write_line(entry_as_json(entry_id, fields))
+            write_line(entry_line(kind, entry_id, fields))
             last = entry_id
 
 
@@ -111,7 +124,7 @@ async def status(redis: aioredis.Redis, keys: Keys) -> list[KindStatus]:
             clean=await _stream_status(redis, keys.stream(kind, "clean")),
             dlq=int(await redis.xlen(keys.stream(kind, "dlq"))),
         )
-        for kind in KINDS
+        for kind in ALL_KINDS
     ]
 
 
@@ -137,7 +150,7 @@ def format_status(rows: list[KindStatus]) -> str:
 
 async def dlq_list(redis: aioredis.Redis, keys: Keys, kind: str, count: int) -> None:
     for entry_id, fields in await xrange(redis, keys.stream(kind, "dlq"), count=count):
-        write_line(entry_as_json(entry_id, fields))
+        write_line(entry_line(kind, entry_id, fields))
 
 
 async def dlq_replay(redis: aioredis.Redis, keys: Keys, kind: str, ids: list[str]) -> int:
@@ -185,15 +198,27 @@ async def query_clickhouse(settings: Settings, sql: str) -> bytes:
 async def query_timescale(settings: Settings, sql: str) -> list[bytes]:
     conn = await asyncpg.connect(settings.timescale_dsn, timeout=10)
     try:
-        async with conn.transaction(readonly=True):
+        # Read-only, and rolled back rather than committed: on PostgreSQL < 16 a read-only
+        # transaction still lets large-object functions (lo_create, lo_import…) write.
+        transaction = conn.transaction(readonly=True)
+        await transaction.start()
+        try:
             records = await conn.fetch(sql)
+        finally:
+            await transaction.rollback()
     finally:
         await conn.close()
     return [_encoder.encode(_jsonable(dict(record))) for record in records]
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (str(v) if not isinstance(v, str | int | float | bool | None) else v)
-        for k, v in row.items()
-    }
+    return {k: _json_value(v) for k, v in row.items()}
+
+
+def _json_value(value: Any) -> Any:
+    """JSON scalars and arrays (e.g. metric_histograms' bounds) as they are, the rest as text."""
+    if isinstance(value, str | int | float | bool | None):
+        return value
+    if isinstance(value, list):
+        return [_json_value(item) for item in value]
+    return str(value)

@@ -1,6 +1,7 @@
 """`rivulet up`: the whole pipeline on one machine, as supervised child processes.
 
-Children: gateway, normalizer, writer (the writer owns the chdb engine and answers `rivulet query`).
+Children: gateway, normalizer, writer (every kind, profiles included: it owns the chdb engine and
+answers `rivulet query`), profiler (pprof decoding, and the profile reports on 127.0.0.1:8125).
 A child that dies is restarted with backoff under the same consumer name, so it re-reads its own
 pending entries at once. Redis and PostgreSQL are used where reachable, or started privately under
 `./var/` (they run in their own sessions, so killing this process group leaves their data intact).
@@ -34,6 +35,7 @@ CHILDREN: Final = (
     ("gateway", ["gateway"]),
     ("normalizer", ["normalizer", "--consumer", "normalizer-1"]),
     ("writer", ["writer", "--consumer", "writer-1"]),
+    ("profiler", ["profiler", "--consumer", "profiler-1"]),
 )
 EXAMPLE_EVENTS: Final = (
     '{{"ts": {now}, "service": "checkout", "level": "info", '
@@ -139,11 +141,16 @@ def run_up(settings: Settings, config_file: str | None) -> int:
         print(
             f"\nRivulet is up.\n  gateway   {base}  (/healthz /readyz /metrics)\n"
             f"  clickhouse {settings.clickhouse_dsn}  (queries: 127.0.0.1:{settings.query_port})\n"
+            f"  profiler  http://{settings.profiler_http_host}:{settings.profiler_http_port}"
+            "  (/v1/profiles/top /flamegraph /diff)\n"
             f"  postgres  {settings.timescale_dsn}\n  redis     {settings.redis_url}\n\n"
             f"Try it:\n  {rivulet} send --key-id {key.key_id} --secret {key.secret} "
             f"--kind logs --url {base} {example}\n"
             f'  {rivulet} query "SELECT service, level, message FROM rivulet.logs"\n'
-            f"  {rivulet} status\n\nCtrl-C stops everything.",
+            f"  {rivulet} status\n"
+            f"  {rivulet} profile send --service checkout --type cpu --key-id {key.key_id} "
+            f"--secret {key.secret} --url {base} cpu.pb.gz\n"
+            f"  {rivulet} profile top --service checkout --since 1h\n\nCtrl-C stops everything.",
             flush=True,
         )
     else:

@@ -35,6 +35,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     namespace: str = "rivulet"
     var_dir: str = "var"
     log_level: str = "info"
+    # Workers serve /metrics, /healthz and /readyz on this port (0: not served; `rivulet up`
+    # runs several workers on one host). Kubernetes and compose set it.
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
 
     # gateway
     max_body_bytes: int = 5 * 1024 * 1024
@@ -48,6 +52,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     raw_high_watermark: int = 1_000_000
     trusted_proxies: tuple[str, ...] = ()
     key_cache_ttl_s: float = 5.0
+
+    # browser RUM (public browser keys on /v1/ingest/rum?key=): smaller bodies, and token buckets
+    # per key and per client IP (an IPv6 client counts per /64) on top of the tenant's
+    rum_max_body_bytes: int = 64 * 1024
+    rum_max_events_per_request: int = 200  # at most rum_ip_burst, or such a batch never fits
+    rum_key_rate_per_s: float = 500.0
+    rum_key_burst: float = 2_000.0
+    rum_ip_rate_per_s: float = 20.0
+    rum_ip_burst: float = 200.0
 
     # normalizer
     normalizer_batch: int = 500
@@ -66,6 +79,18 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_max_s: float = 10.0
     clickhouse_ttl_days: int = 30
     trim_interval_s: float = 5.0
+
+    # profiles (gateway limits, profiler, its HTTP reports, the writer's profiles path)
+    max_profile_bytes: int = 8 * 1024 * 1024  # one profile on the wire (413)
+    max_profile_decoded_bytes: int = 32 * 1024 * 1024  # after gunzip (413 / DLQ)
+    max_profile_samples: int = 1_000_000  # samples in one profile (422 / DLQ)
+    max_profile_stack_depth: int = 1024  # frames in one stack (422 / DLQ)
+    max_profile_labels: int = 64  # query-string labels per profile (400)
+    profile_raw_high_watermark: int = 10_000  # profiles waiting for the profiler (503 above)
+    profiler_batch: int = 8  # raw profiles per profiler read
+    profiler_http_host: str = "127.0.0.1"
+    profiler_http_port: int = 8125  # reports: /v1/profiles/top, /flamegraph, /diff
+    profile_writer_batch_size: int = 50  # clean profiles per writer insert
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import itertools
 import math
 import re
 from typing import Any, Final
@@ -24,6 +25,7 @@ from shared.schemas import (
     CLEAN_TYPES,
     WIRE_TYPES,
     CleanEvent,
+    Histogram,
     Kind,
     Log,
     LogIn,
@@ -43,6 +45,8 @@ MAX_ATTRS: Final = 1000
 MAX_KEY_CHARS: Final = 256
 MAX_ID_CHARS: Final = 128
 MAX_TEXT_CHARS: Final = 256 * 1024
+MAX_BUCKETS: Final = 10_000
+MAX_BIGINT: Final = 2**63 - 1
 
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
@@ -140,6 +144,33 @@ def _hex_id(value: str | None, field: str, pattern: re.Pattern[str], optional: b
     return lowered
 
 
+def _histogram(value: Histogram | None) -> Histogram | None:
+    """Buckets that PostgreSQL can store and that mean something (see `Histogram`)."""
+    if value is None:
+        return None
+    lists = (value.bounds, value.counts, value.positive_counts, value.negative_counts)
+    if any(len(items) > MAX_BUCKETS for items in lists):
+        raise InvalidEvent(f"histogram: more than {MAX_BUCKETS} buckets")
+    counts = (value.count, value.zero_count, *value.counts)
+    counts += (*value.positive_counts, *value.negative_counts)
+    if not all(0 <= n <= MAX_BIGINT for n in counts):
+        raise InvalidEvent("histogram: counts must be 0..2**63-1")
+    floats = [f for f in (value.sum, value.min, value.max, value.zero_threshold) if f is not None]
+    if not all(math.isfinite(f) for f in (*floats, *value.bounds)):
+        raise InvalidEvent("histogram: sum, min, max, bounds must be finite numbers")
+    if any(a >= b for a, b in itertools.pairwise(value.bounds)):
+        raise InvalidEvent("histogram: bounds must be strictly increasing")
+    if value.counts and len(value.counts) != len(value.bounds) + 1:
+        raise InvalidEvent("histogram: needs len(bounds) + 1 counts (or none)")
+    if not -10 <= value.scale <= 20 or value.zero_threshold < 0:
+        raise InvalidEvent("histogram: scale must be -10..20, zero_threshold >= 0")
+    if not all(abs(o) < 2**31 for o in (value.positive_offset, value.negative_offset)):
+        raise InvalidEvent("histogram: offsets must be 32-bit integers")
+    if not 0 <= value.start_ns < MAX_TS_NS:
+        raise InvalidEvent("histogram: start_ns out of range")
+    return value
+
+
 def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> CleanEvent:
     if isinstance(wire, LogIn):
         return Log(
@@ -168,6 +199,7 @@ def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> Cle
             service=_text(wire.service, "service", 256),
             host=_text(wire.host, "host", 256),
             attrs=_attrs_with_extras(wire.attrs, obj, kind),
+            histogram=_histogram(wire.histogram),
         )
     if isinstance(wire, SpanIn):
         start = parse_timestamp(wire.start, "start")
@@ -230,6 +262,8 @@ def parse_event(kind: Kind, raw: bytes, tenant: str, received_at: int = 0) -> Cl
         obj = _object_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidEvent(f"not a JSON object: {exc}") from None
+    except RecursionError:
+        raise InvalidEvent("not a JSON object: nested too deeply") from None
     try:
         wire = msgspec.convert(obj, WIRE_TYPES[kind])
     except msgspec.ValidationError as exc:

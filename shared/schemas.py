@@ -9,6 +9,10 @@ Two layers per kind:
 
 All Structs are frozen; new fields must get defaults so that entries already in a stream still
 decode.
+
+Kinds: `Kind` names a stream family (`rivulet:{KIND}:...`). `KINDS` are the JSON event kinds the
+normalizer handles; `profiles` (pprof protobufs) has its own stage, the profiler, and its own
+entry layout (`RawProfileEntry`, `CleanProfile`); `ALL_KINDS` lists every stream family.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Any, Final, Literal, TypeAlias
 
 import msgspec
 
-Kind: TypeAlias = Literal["logs", "metrics", "spans", "rum"]
-KINDS: Final[tuple[Kind, ...]] = ("logs", "metrics", "spans", "rum")
+Kind: TypeAlias = Literal["logs", "metrics", "spans", "rum", "profiles"]
+KINDS: Final[tuple[Kind, ...]] = ("logs", "metrics", "spans", "rum")  # JSON events (normalizer)
+PROFILES: Final[Literal["profiles"]] = "profiles"
+ALL_KINDS: Final[tuple[Kind, ...]] = (*KINDS, PROFILES)
 
 MetricType: TypeAlias = Literal["gauge", "counter", "histogram"]
 SpanKind: TypeAlias = Literal["unspecified", "internal", "server", "client", "producer", "consumer"]
@@ -50,6 +56,35 @@ class UserAgentInfo(msgspec.Struct, frozen=True):
 
 # --- wire events (what clients send) -------------------------------------------------------------
 
+
+class Histogram(msgspec.Struct, frozen=True):
+    """The buckets of one histogram point, explicit or exponential (OTLP's two kinds), kept whole.
+
+    explicit: `counts[i]` counts values in (bounds[i-1], bounds[i]]; len(counts) == len(bounds)+1
+    (or no counts at all). exponential: base 2**(2**-scale); `positive_counts[i]` counts values in
+    (base**(positive_offset+i), base**(positive_offset+i+1)], negatives alike by magnitude, and
+    `zero_count` those within `zero_threshold` of zero. `start_ns` is the start of the
+    aggregation window (unix ns, 0 when unknown).
+    """
+
+    count: int
+    scheme: Literal["explicit", "exponential"] = "explicit"
+    temporality: Literal["unspecified", "delta", "cumulative"] = "unspecified"
+    sum: float | None = None
+    min: float | None = None
+    max: float | None = None
+    bounds: list[float] = []
+    counts: list[int] = []
+    scale: int = 0
+    zero_count: int = 0
+    zero_threshold: float = 0.0
+    positive_offset: int = 0
+    positive_counts: list[int] = []
+    negative_offset: int = 0
+    negative_counts: list[int] = []
+    start_ns: int = 0
+
+
 Timestamp: TypeAlias = int | str
 
 
@@ -75,6 +110,7 @@ class MetricIn(msgspec.Struct, frozen=True):
     host: str | None = None
     attrs: dict[str, Any] = {}
     id: str | None = None
+    histogram: Histogram | None = None  # buckets of an OTLP (exponential) histogram point
 
 
 class SpanIn(msgspec.Struct, frozen=True):
@@ -145,6 +181,7 @@ class Metric(msgspec.Struct, frozen=True):
     host: str = ""
     received_at: int = 0
     attrs: dict[str, str] = {}
+    histogram: Histogram | None = None  # set: stored in `metric_histograms`, not `metrics`
 
 
 class Span(msgspec.Struct, frozen=True):
@@ -225,10 +262,89 @@ class DeadLetter(msgspec.Struct, frozen=True):
     received_at: int
     body: bytes
     reason: str
-    stage: Literal["gateway", "normalizer", "writer"]
+    stage: Literal["gateway", "normalizer", "writer", "profiler"]
     attempts: int = 1
     ip: str = ""
     ua: str = ""
+
+
+# --- profiles -------------------------------------------------------------------------------------
+
+
+class RawProfileEntry(msgspec.Struct, frozen=True):
+    """One entry of `rivulet:{profiles}:raw`: a pprof as accepted by the gateway.
+
+    `body` is the protobuf (gzipped or not), never JSON; service, type, size and labels (from the
+    query string) are plain fields beside it.
+    """
+
+    tenant: str
+    id: str
+    received_at: int
+    service: str
+    type: str
+    body: bytes
+    labels: dict[str, str] = {}
+    size: int = 0
+    ip: str = ""
+    ua: str = ""
+
+
+class ProfileFunction(msgspec.Struct, frozen=True, array_like=True):
+    """A function of a stored stack; `hash` identifies it (with the tenant) in every profile."""
+
+    hash: int
+    name: str
+    system_name: str = ""
+    filename: str = ""
+    start_line: int = 0
+
+
+class ProfileStack(msgspec.Struct, frozen=True, array_like=True):
+    """A distinct stack, leaf first, one element per frame in every tuple.
+
+    `hash` is `services.profiler.pprof.stack_id` of the frames, so equal stacks of any profile
+    share one row; `functions` holds `ProfileFunction.hash` per frame.
+    """
+
+    hash: int
+    functions: tuple[int, ...]
+    lines: tuple[int, ...]
+    inlined: tuple[bool, ...]
+    mappings: tuple[str, ...]
+    addresses: tuple[int, ...]
+
+
+class CleanProfile(msgspec.Struct, frozen=True):
+    """The body of one `rivulet:{profiles}:clean` entry (msgpack): a decoded profile, ready to
+    become rows. `values[i][j]` is the sum, over the profile's samples on `stacks[i]`, of sample
+    type `j`; `pprof` is the original protobuf, gzipped."""
+
+    tenant: str
+    id: str
+    ts: int  # the profile's time_nanos, else its arrival
+    received_at: int
+    service: str
+    type: str
+    sample_types: tuple[str, ...]
+    sample_units: tuple[str, ...]
+    stacks: tuple[ProfileStack, ...]
+    values: tuple[tuple[int, ...], ...]
+    functions: tuple[ProfileFunction, ...]
+    labels: dict[str, str] = {}
+    default_sample_type: str = ""
+    period_type: str = ""
+    period_unit: str = ""
+    period: int = 0
+    time_nanos: int = 0
+    duration_nanos: int = 0
+    samples: int = 0  # samples in the original protobuf
+    comments: tuple[str, ...] = ()
+    doc_url: str = ""
+    main_binary: str = ""
+    build_id: str = ""
+    size: int = 0  # bytes as accepted
+    pprof: bytes = b""
 
 
 # --- HTTP answers ---------------------------------------------------------------------------------
@@ -245,13 +361,39 @@ class IngestAnswer(msgspec.Struct, frozen=True):
     rejected: list[Rejection]
 
 
+class ProfileAnswer(msgspec.Struct, frozen=True):
+    """202 answer to `POST /v1/ingest/profiles`: IngestAnswer plus the profile id."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection]
+    id: str
+
+
 class ErrorAnswer(msgspec.Struct, frozen=True):
     error: str
 
 
+KeyType: TypeAlias = Literal["hmac", "token", "browser"]
+IpPolicy: TypeAlias = Literal["truncate", "drop"]
+
+
 class ApiKey(msgspec.Struct, frozen=True):
+    """An API key. `type` says how it authenticates (README, "Keys"):
+    - hmac: signs every request with `secret` (the native endpoints, and OTLP);
+    - token: `Authorization: Bearer <key_id>.<secret>` on /otlp/v1/*, and on /v1/ingest/* only
+      with `allow_native`; only `token_sha256` is stored, never the secret;
+    - browser: public, no secret; only `/v1/ingest/rum?key=<key_id>` from one of `origins`, the
+      client IP used for GeoIP then truncated or dropped (`ip_policy`).
+    """
+
     key_id: str
     secret: str
     tenant: str
     created_at: int = 0
     revoked_at: int = 0
+    type: KeyType = "hmac"
+    token_sha256: str = ""
+    allow_native: bool = False
+    origins: tuple[str, ...] = ()
+    ip_policy: IpPolicy = "truncate"

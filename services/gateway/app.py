@@ -1,7 +1,9 @@
 """Gateway: signed HTTP in, `rivulet:{KIND}:raw` out.
 
-Input: `POST /v1/ingest/{logs|metrics|spans|rum}` (CONTRACT.md, "HTTP").
-Output: one raw stream entry per valid event: tenant, kind, id, received_at, body (as sent), ip, ua.
+Input: `POST /v1/ingest/{logs|metrics|spans|rum}` (CONTRACT.md, "HTTP"), and
+`POST /v1/ingest/profiles?service=S&type=T` (one pprof protobuf: services/gateway/profiles.py).
+Output: one raw stream entry per valid event: tenant, kind, id, received_at, body (as sent), ip, ua
+(profiles: one entry per profile, with service, type, size and labels beside the binary body).
 Guarantee: an answer of 202 means every accepted event is in Redis (one Lua script appends the
 request's events all together or not at all, together with the idempotency answer and the rate
 limit debit); any other answer means nothing was appended. Durability after that is Redis's
@@ -32,9 +34,12 @@ from services.gateway.ingest import (
     validate_events,
 )
 from services.gateway.openapi import OPENAPI_JSON
+from services.gateway.profiles import ProfileIngest
+from services.gateway.unsigned import ExtraRoutes
 from shared.apikeys import KeyStore
 from shared.config import Settings
-from shared.schemas import KINDS, ApiKey, ErrorAnswer, Kind, Rejection
+from shared.profile_streams import ProfileStreams
+from shared.schemas import ALL_KINDS, PROFILES, ApiKey, ErrorAnswer, Kind, Rejection
 from shared.signing import signature_matches
 from shared.streams import Keys, Streams, connect
 
@@ -93,6 +98,8 @@ class Gateway:
         self.trusted = parse_networks(settings.trusted_proxies)
         self.metrics = GatewayMetrics()
         self.clock = clock
+        self.extra = ExtraRoutes(self)  # OTLP, browser RUM, bearer tokens (unsigned.py)
+        self.profiles = ProfileIngest(settings, ProfileStreams(redis, self.keys))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -100,12 +107,16 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
+        if await self.extra.dispatch(scope, receive, send):
+            return
         path: str = scope["path"]
         method: str = scope["method"]
         if path.startswith(INGEST_PREFIX):
             kind = path[len(INGEST_PREFIX) :]
-            if kind not in KINDS:
-                await _reply(send, 404, _error(f"unknown kind {kind!r}: one of {', '.join(KINDS)}"))
+            if kind not in ALL_KINDS:
+                await _reply(
+                    send, 404, _error(f"unknown kind {kind!r}: one of {', '.join(ALL_KINDS)}")
+                )
             elif method != "POST":
                 await _reply(send, 405, _error("use POST"), {"allow": "POST"})
             else:
@@ -159,14 +170,14 @@ class Gateway:
     async def _ready(self, send: Send) -> None:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for kind in KINDS:
+                for kind in ALL_KINDS:
                     pipe.xlen(self.keys.stream(kind, "raw"))
                 lengths = await pipe.execute()
         except RedisError as exc:
             await _reply(send, 503, _error(f"redis unreachable: {type(exc).__name__}"))
             return
         shedding = [
-            k for k, n in zip(KINDS, lengths, strict=True) if n >= self.settings.raw_high_watermark
+            k for k, n in zip(ALL_KINDS, lengths, strict=True) if n >= self._high_watermark(k)
         ]
         if shedding:
             await _reply(
@@ -174,6 +185,11 @@ class Gateway:
             )
         else:
             await _reply(send, 200, b'{"status":"ready"}')
+
+    def _high_watermark(self, kind: Kind) -> int:
+        if kind == PROFILES:
+            return self.settings.profile_raw_high_watermark
+        return self.settings.raw_high_watermark
 
     async def _ingest(self, scope: Scope, receive: Receive, send: Send, kind: Kind) -> None:
         started = time.perf_counter()
@@ -208,9 +224,10 @@ class Gateway:
             )
         declared = headers.get("content-length", "")
         declared_size = parse_decimal(declared, 18)
-        if declared_size is not None and declared_size > settings.max_body_bytes:
-            raise HttpError(413, f"body larger than {settings.max_body_bytes} bytes")
-        body = await _read_body(receive, settings.max_body_bytes)
+        max_body = settings.max_profile_bytes if kind == PROFILES else settings.max_body_bytes
+        if declared_size is not None and declared_size > max_body:
+            raise HttpError(413, f"body larger than {max_body} bytes")
+        body = await _read_body(receive, max_body)
 
         key = await self._authenticate(key_id, timestamp, signature, scope, body)
         signature = signature.strip().lower()
@@ -228,31 +245,45 @@ class Gateway:
         if results[-1]:
             raise HttpError(409, SIGNATURE_REPLAYED)
 
-        content_type = headers.get("content-type", "")
-        encoding = headers.get("content-encoding", "")
-        check_content_headers(content_type, encoding)
-        raw = decompress(body, encoding, settings.max_decompressed_bytes)
-        events = split_events(raw, content_type, settings.max_events_per_request)
-        valid, rejected = validate_events(kind, events, key.tenant, settings.max_event_bytes)
         peer = (scope.get("client") or ("", 0))[0] or ""
         ip = client_ip(peer, headers.get("x-forwarded-for", ""), self.trusted)
-        status, value = await self.streams.gateway_append(
-            kind,
-            key.tenant,
-            int(self.clock() * 1e9),
-            ip,
-            headers.get("user-agent", "")[:1024],
-            valid,
-            high_watermark=settings.raw_high_watermark,
-            rate_per_s=settings.rate_limit_events_per_s,
-            burst=settings.rate_limit_burst,
-            idempotency_key=idempotency_key,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
-            body_hash=body_hash,
-            rejected_json=_rejections.encode(rejected),
-            signature=signature,
-            signature_ttl_s=settings.signature_window_s * 2 + 60,
-        )
+        rejected: list[Rejection] = []
+        if kind == PROFILES:
+            status, value = await self.profiles.append(
+                key.tenant,
+                scope.get("query_string", b"").decode("latin-1"),
+                headers,
+                body,
+                ip=ip,
+                received_at=int(self.clock() * 1e9),
+                signature=signature,
+                idempotency_key=idempotency_key,
+                body_hash=body_hash,
+            )
+        else:
+            content_type = headers.get("content-type", "")
+            encoding = headers.get("content-encoding", "")
+            check_content_headers(content_type, encoding)
+            raw = decompress(body, encoding, settings.max_decompressed_bytes)
+            events = split_events(raw, content_type, settings.max_events_per_request)
+            valid, rejected = validate_events(kind, events, key.tenant, settings.max_event_bytes)
+            status, value = await self.streams.gateway_append(
+                kind,
+                key.tenant,
+                int(self.clock() * 1e9),
+                ip,
+                headers.get("user-agent", "")[:1024],
+                valid,
+                high_watermark=settings.raw_high_watermark,
+                rate_per_s=settings.rate_limit_events_per_s,
+                burst=settings.rate_limit_burst,
+                idempotency_key=idempotency_key,
+                idempotency_ttl_s=settings.idempotency_ttl_s,
+                body_hash=body_hash,
+                rejected_json=_rejections.encode(rejected),
+                signature=signature,
+                signature_ttl_s=settings.signature_window_s * 2 + 60,
+            )
         if status == "idem":
             return _replayed_answer(value, body_hash)
         if status == "replay":
@@ -276,6 +307,8 @@ class Gateway:
         key = await self.key_store.lookup(key_id)
         if key is None:
             raise HttpError(401, "unknown or revoked key")
+        if key.type != "hmac":  # token and browser keys never sign (README, "Keys")
+            raise HttpError(401, f"a {key.type} key cannot sign requests: use an hmac key")
         seconds = parse_decimal(timestamp, 12)
         if seconds is None or abs(self.clock() - seconds) > self.settings.signature_window_s:
             raise HttpError(

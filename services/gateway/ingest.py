@@ -17,6 +17,7 @@ import msgspec
 from shared.events import InvalidEvent, parse_event
 from shared.schemas import Kind, Rejection
 
+GZIP_INPUT_PIECE: Final = 64 * 1024
 JSON_TYPES: Final = frozenset({"application/json"})
 NDJSON_TYPES: Final = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 
@@ -59,20 +60,35 @@ def decompress(body: bytes, content_encoding: str, limit: int) -> bytes:
         return body
     chunks: list[bytes] = []
     size = 0
-    remaining = body
-    while remaining:  # concatenated gzip members are one valid gzip stream (RFC 1952)
-        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    position = 0
+    pending = b""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    member_started = False
+    # Input is fed in bounded pieces: a body of many tiny gzip members (RFC 1952 allows any
+    # number) then costs linear time, since zlib only ever copies one piece as unused_data.
+    while True:
+        if not pending:
+            if position >= len(body):
+                break
+            pending = body[position : position + GZIP_INPUT_PIECE]
+            position += len(pending)
         try:
-            out = inflater.decompress(remaining, limit + 1 - size)
+            out = inflater.decompress(pending, limit + 1 - size)
         except zlib.error as exc:
             raise HttpError(422, f"body is not valid gzip: {exc}") from None
+        member_started = True
         size += len(out)
         if size > limit or inflater.unconsumed_tail:
             raise HttpError(413, f"decompressed body larger than {limit} bytes")
-        if not inflater.eof:
-            raise HttpError(422, "body is not valid gzip: truncated stream")
         chunks.append(out)
-        remaining = inflater.unused_data
+        if inflater.eof:
+            pending = inflater.unused_data
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            member_started = False
+        else:
+            pending = b""
+    if member_started:
+        raise HttpError(422, "body is not valid gzip: truncated stream")
     return b"".join(chunks)
 
 
@@ -81,12 +97,17 @@ def split_events(body: bytes, content_type: str, max_events: int) -> list[bytes]
     if media_type(content_type) in JSON_TYPES:
         try:
             batch = _batch_decoder.decode(body)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise HttpError(
-                422, f'not a valid batch: expected {{"events": [...]}}: {exc}'
+                422, f'not a valid batch: expected {{"events": [...]}}: {reason}'
             ) from None
         events = [bytes(raw) for raw in batch.events]
     else:
+        # Count lines at C speed before splitting, so a body of millions of tiny lines is
+        # refused without materializing them (blank lines and CRLF leave room for 2x).
+        if body.count(b"\n") > 2 * max_events + 1:
+            raise HttpError(413, f"more than {max_events} events in one request")
         events = [line for line in (ln.strip() for ln in body.split(b"\n")) if line]
     if not events:
         raise HttpError(422, "not a valid batch: no events")

@@ -12,6 +12,7 @@ While the clean backlog is above its watermark (writers down), the normalizer st
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 import redis.asyncio as aioredis
@@ -23,6 +24,7 @@ from services.normalizer.normalize import Enrichment, normalize, to_clean_entry
 from shared.config import Settings
 from shared.consumer import Delivery, StreamReader, ensure_group
 from shared.events import InvalidEvent
+from shared.metrics import WorkerMetrics
 from shared.retry import Backoff
 from shared.schemas import CleanEntry, DeadLetter, Kind
 from shared.streams import (
@@ -91,6 +93,7 @@ class Normalizer(StoppableWorker):
         kinds: Sequence[Kind],
         consumer: str,
         enrichment: Enrichment,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -101,6 +104,8 @@ class Normalizer(StoppableWorker):
         self.consumer = consumer
         self.enrichment = enrichment
         self.group = self.keys.group("normalizer")
+        self.metrics = metrics or WorkerMetrics("normalizer")
+        self._cache_seen: dict[str, tuple[int, int]] = {}
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -134,10 +139,11 @@ class Normalizer(StoppableWorker):
                 deliveries = await reader.read(self.settings.normalizer_batch, block_ms=1000)
                 if not deliveries:
                     continue
+                read_at = time.monotonic()
                 batch = process_batch(
                     kind, deliveries, self.enrichment, self.settings.max_deliveries
                 )
-                await self.streams.commit(
+                added, duplicates = await self.streams.commit(
                     kind,
                     self.group,
                     "raw",
@@ -145,13 +151,47 @@ class Normalizer(StoppableWorker):
                     self.settings.dedupe_window_s,
                     self.settings.dlq_maxlen,
                 )
+                self._observe(kind, len(deliveries), added, duplicates, batch, read_at)
                 backoff.reset()
             except RedisError as exc:
+                self.metrics.retries.labels("normalizer", kind).inc()
                 group_ready = False
                 reader.reread_pending()
                 delay = backoff.next()
                 bound.warning("normalizer.redis_error", error=str(exc), retry_in_s=round(delay, 2))
                 await self.sleep(delay)
+
+    def _observe(
+        self,
+        kind: Kind,
+        size: int,
+        added: int,
+        duplicates: int,
+        batch: StageCommit,
+        read_at: float,
+    ) -> None:
+        m = self.metrics
+        m.batch_size.labels("normalizer", kind).observe(size)
+        m.batch_age.labels("normalizer", kind).observe(time.monotonic() - read_at)
+        m.events.labels("normalizer", kind, "clean").inc(added)
+        m.events.labels("normalizer", kind, "duplicate").inc(duplicates)
+        m.events.labels("normalizer", kind, "dead_letter").inc(len(batch.dead_letters))
+        m.dedupe_hits.labels(kind).inc(duplicates)
+        for cache, lookup in (
+            ("geo", self.enrichment.geo),
+            ("user_agent", self.enrichment.user_agent),
+        ):
+            info = getattr(lookup, "cache_info", None)
+            if info is not None:
+                stats = info()
+                self._cache_totals(cache, int(stats.hits), int(stats.misses))
+
+    def _cache_totals(self, cache: str, hits: int, misses: int) -> None:
+        """Enrichment caches count for themselves; export the growth since the last batch."""
+        last_hits, last_misses = self._cache_seen.get(cache, (0, 0))
+        self.metrics.cache_lookups.labels(cache, "hit").inc(max(0, hits - last_hits))
+        self.metrics.cache_lookups.labels(cache, "miss").inc(max(0, misses - last_misses))
+        self._cache_seen[cache] = (hits, misses)
 
 
 def build_enrichment(settings: Settings) -> Enrichment:

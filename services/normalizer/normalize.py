@@ -14,6 +14,7 @@ from typing import Final
 import msgspec
 
 from services.normalizer.enrich import GeoLookup, UserAgentLookup
+from shared.apikeys import IP_POLICY_ATTR, ORIGIN_ATTR, TRUNCATED_IP_ATTR, truncate_ip
 from shared.events import parse_event
 from shared.schemas import CleanEntry, CleanEvent, Kind, Log, Metric, RawEntry, Rum, Span
 from shared.scrub import scrub_attrs, scrub_text
@@ -47,7 +48,7 @@ def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent
             url=scrub_text(event.url),
             referrer=scrub_text(event.referrer),
             error=scrub_attrs(event.error),
-            attrs=scrub_attrs(event.attrs),
+            attrs=_browser_attrs(event.attrs, entry.ip),
             geo=enrichment.geo(entry.ip) if entry.ip else event.geo,
             user_agent=enrichment.user_agent(entry.ua),
         )
@@ -61,6 +62,22 @@ def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent
     return msgspec.structs.replace(
         event, labels=scrub_attrs(event.labels), attrs=scrub_attrs(event.attrs)
     )
+
+
+def _browser_attrs(attrs: dict[str, str], ip: str) -> dict[str, str]:
+    """Scrubbed attributes; for events of browser keys (the gateway set IP_POLICY_ATTR) the
+    checked page origin is kept as is and the client IP, already used for GeoIP, is stored
+    truncated (/24, /48) or not at all, as the key says."""
+    scrubbed = scrub_attrs(attrs)
+    policy = attrs.get(IP_POLICY_ATTR)
+    if policy is None:
+        return scrubbed
+    out = {k: v for k, v in scrubbed.items() if k != IP_POLICY_ATTR}
+    if ORIGIN_ATTR in attrs:
+        out[ORIGIN_ATTR] = attrs[ORIGIN_ATTR]
+    if policy == "truncate" and (network := truncate_ip(ip)):
+        out[TRUNCATED_IP_ATTR] = network
+    return out
 
 
 def to_clean_entry(event: CleanEvent, kind: Kind) -> CleanEntry:

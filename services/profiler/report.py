@@ -749,3 +749,16 @@ def diff(
     ]
     rows.sort(key=lambda r: (-abs(r.delta), r.function))
     return rows
+
+
+def format_diff(rows: Sequence[DiffRow], limit: int = 0) -> str:
+    """`diff` rows as text: change of share (percentage points), base share, new share, name;
+    the first `limit` rows (0: all), biggest changes first."""
+    shown = rows[:limit] if limit > 0 else rows
+    lines = [f"{'delta':>9} {'base':>8} {'new':>8}  function"]
+    for row in shown:
+        lines.append(
+            f"{row.delta * 100:>+8.2f}% {row.base_share * 100:>7.2f}% "
+            f"{row.new_share * 100:>7.2f}%  {row.function}"
+        )
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ derive from its name alone, so equal stacks built by different builders are equa
 from __future__ import annotations
 
 import gzip
+import random
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -115,3 +116,68 @@ class ProfileBuilder:
 
 def _line_of(name: str) -> int:
     return 2 + zlib.crc32(name.encode()) % 997
+
+
+def cpu_example(scale: int = 1, *, time_nanos: int = 0, extra: str = "") -> ProfileBuilder:
+    """A small CPU profile with a known `-top` (values in ms of cpu, x `scale`):
+
+    main.compute 50 flat (inlined bytes.Equal below it: 5), main.parse 30, runtime.mallocgc
+    15, main.main 0 flat / 100 cum; `extra` adds one more leaf under main.main worth 1.
+    """
+    ms = 1_000_000
+    b = ProfileBuilder(
+        [("samples", "count"), ("cpu", "nanoseconds")],
+        period_type=("cpu", "nanoseconds"),
+        period=10 * ms,
+        mapping_file="/usr/bin/example",
+    )
+    b.msg.time_nanos = time_nanos
+    b.msg.duration_nanos = 10_000 * ms
+    b.add(["main.compute", "main.main", "runtime.main"], [45 * scale, 45 * ms * scale])
+    b.add(
+        [("bytes.Equal", "main.compute"), "main.main", "runtime.main"], [5 * scale, 5 * ms * scale]
+    )
+    b.add(["main.parse", "main.main", "runtime.main"], [30 * scale, 30 * ms * scale])
+    b.add(
+        ["runtime.mallocgc", "main.parse", "main.main", "runtime.main"],
+        [15 * scale, 15 * ms * scale],
+        labels={"goroutine": "7"},
+    )
+    b.add(["runtime.gcBgMarkWorker"], [5 * scale, 5 * ms * scale])
+    if extra:
+        b.add([extra, "main.main", "runtime.main"], [1, ms])
+    return b
+
+
+def random_example(
+    seed: int,
+    *,
+    stacks: int = 200,
+    functions: int = 150,
+    max_depth: int = 24,
+    samples: int = 1000,
+    time_nanos: int = 0,
+) -> ProfileBuilder:
+    """A larger pseudo-random CPU profile (deterministic per seed), for load and round trips."""
+    rng = random.Random(seed)
+    names = [f"pkg{i % 7}.fn{i}" for i in range(functions)]
+    b = ProfileBuilder(
+        [("samples", "count"), ("cpu", "nanoseconds")],
+        period_type=("cpu", "nanoseconds"),
+        period=10_000_000,
+        mapping_file="/usr/bin/app",
+    )
+    b.msg.time_nanos = time_nanos
+    b.msg.duration_nanos = 10_000_000_000
+    shapes: list[list[FrameSpec]] = []
+    for _ in range(stacks):
+        depth = rng.randint(2, max_depth)
+        called = [rng.choice(names) for _ in range(depth - 1)]
+        frames: list[FrameSpec] = list(called)
+        if rng.random() < 0.2:
+            frames[0] = (rng.choice(names), called[0])  # an inlined call at the leaf
+        shapes.append([*frames, "runtime.main"])
+    for _ in range(samples):
+        count = rng.randint(1, 5)
+        b.add(rng.choice(shapes), [count, count * 10_000_000])
+    return b

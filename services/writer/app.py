@@ -1,6 +1,7 @@
 """Writer: `rivulet:{KIND}:clean` (group `writers`) -> ClickHouse or PostgreSQL.
 
-logs, spans and rum go to ClickHouse; metrics to PostgreSQL/TimescaleDB.
+logs, spans and rum go to ClickHouse; metrics to PostgreSQL/TimescaleDB; profiles (clean entries
+written by the profiler) to ClickHouse's profile tables, through `ProfileSink`.
 
 Per consumer: read until the batch is `writer_batch_size` entries or `writer_batch_age_ms` old,
 insert, then ONE Lua script XACKs the batch and dead-letters rows the database refused.
@@ -8,6 +9,11 @@ Guarantee: an entry is acknowledged only after its row is stored (or its refusal
 while a database is away the consumer retries the batch it holds with capped exponential backoff
 and jitter and reads nothing new, so the backlog waits in Redis. A re-delivered batch (crash,
 claim, retry) first drops ids the table already holds, so one clean entry is one row.
+
+Profiles: batches of `profile_writer_batch_size`; every batch first drops the profiles whose row is
+stored (a profile row is written after all its samples, so it marks a complete profile), and a
+batch that failed before (re-delivery or in-process retry) inserts only the sample rows still
+missing; stacks and functions are keyed by hash, so writing them twice is harmless.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from services.writer.sinks import RejectedBatch, RetryableSinkError, Sink
+from services.writer.sinks import ProfileSink, RejectedBatch, RetryableSinkError, Sink
 from shared.config import Settings
 from shared.consumer import Delivery, StreamReader, ensure_group
+from shared.metrics import WorkerMetrics
+from shared.profile_streams import decode_clean_profile, encode_clean_profile
 from shared.retry import Backoff
-from shared.schemas import CLEAN_TYPES, CleanEvent, DeadLetter, Kind
+from shared.schemas import CLEAN_TYPES, PROFILES, CleanEvent, CleanProfile, DeadLetter, Kind
 from shared.streams import (
     Keys,
     MalformedEntry,
@@ -69,6 +77,38 @@ def decode_batch(kind: Kind, deliveries: Sequence[Delivery]) -> DecodedBatch:
                 )
             )
     return DecodedBatch(events, [d.id for d in deliveries], dead)
+
+
+class DecodedProfiles(msgspec.Struct, frozen=True):
+    records: list[CleanProfile]
+    entry_ids: list[bytes]
+    undecodable: list[DeadLetter]
+
+
+def decode_profile_batch(deliveries: Sequence[Delivery]) -> DecodedProfiles:
+    """Pure: clean profile entries -> records, each (tenant, id) once; an entry that does not
+    decode is a dead letter."""
+    records: list[CleanProfile] = []
+    seen: set[tuple[str, str]] = set()
+    dead: list[DeadLetter] = []
+    for delivery in deliveries:
+        try:
+            record = decode_clean_profile(delivery.fields)
+        except (MalformedEntry, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            dead.append(
+                salvage_dead_letter(
+                    delivery.fields,
+                    PROFILES,
+                    "writer",
+                    f"undecodable clean profile: {exc}",
+                    delivery.deliveries,
+                )
+            )
+            continue
+        if (record.tenant, record.id) not in seen:
+            seen.add((record.tenant, record.id))
+            records.append(record)
+    return DecodedProfiles(records, [d.id for d in deliveries], dead)
 
 
 def insert_token(events: Sequence[CleanEvent]) -> str:
@@ -126,6 +166,28 @@ async def insert_isolating(
     )
 
 
+async def insert_profiles_isolating(
+    sink: ProfileSink, records: Sequence[CleanProfile], recheck: bool
+) -> list[tuple[CleanProfile, str]]:
+    """Insert; when the store refuses the batch, bisect until the refused profiles stand alone.
+
+    A refused attempt may have stored part of its rows, so the halves insert with `recheck`.
+    Returns the refused profiles with the store's reason. RetryableSinkError propagates.
+    """
+    if not records:
+        return []
+    try:
+        await sink.insert_profiles(records, recheck)
+        return []
+    except RejectedBatch as exc:
+        if len(records) == 1:
+            return [(records[0], str(exc))]
+    middle = len(records) // 2
+    return await insert_profiles_isolating(
+        sink, records[:middle], True
+    ) + await insert_profiles_isolating(sink, records[middle:], True)
+
+
 class Writer(StoppableWorker):
     def __init__(
         self,
@@ -134,8 +196,10 @@ class Writer(StoppableWorker):
         sinks: Sequence[Sink],
         kinds: Sequence[Kind],
         consumer: str,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         super().__init__()
+        self.metrics = metrics or WorkerMetrics("writer")
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.namespace)
@@ -144,6 +208,8 @@ class Writer(StoppableWorker):
         missing = [k for k in kinds if k not in self.sink_for]
         if missing:
             raise ValueError(f"no sink configured for {missing}")
+        if PROFILES in self.sink_for and not isinstance(self.sink_for[PROFILES], ProfileSink):
+            raise ValueError("the sink for profiles cannot store profiles")
         self.kinds = kinds
         self.consumer = consumer
         self.group = self.keys.group("writer")
@@ -174,19 +240,30 @@ class Writer(StoppableWorker):
                 if not group_ready:
                     await ensure_group(self.redis, stream, self.group)
                     group_ready = True
+                if kind == PROFILES:
+                    batch = await self._collect(reader, self.settings.profile_writer_batch_size)
+                    if batch:
+                        flushed_from = time.monotonic()
+                        await self._flush_profiles(stream, consumer, batch, backoff, bound)
+                        self._observe_batch(kind, len(batch), flushed_from)
+                        backoff.reset()
+                    continue
                 batch = await self._collect(reader)
                 if batch:
+                    flushed_from = time.monotonic()
                     await self._flush(kind, stream, consumer, batch, backoff, bound)
+                    self._observe_batch(kind, len(batch), flushed_from)
                     backoff.reset()
             except RedisError as exc:
+                self.metrics.retries.labels("writer", kind).inc()
                 group_ready = False
                 reader.reread_pending()
                 delay = backoff.next()
                 bound.warning("writer.redis_error", error=str(exc), retry_in_s=round(delay, 2))
                 await self.sleep(delay)
 
-    async def _collect(self, reader: StreamReader) -> list[Delivery]:
-        size = self.settings.writer_batch_size
+    async def _collect(self, reader: StreamReader, size: int = 0) -> list[Delivery]:
+        size = max(1, size or self.settings.writer_batch_size)
         batch: list[Delivery] = []
         deadline = 0.0
         while len(batch) < size and not self.stopping:
@@ -203,6 +280,11 @@ class Writer(StoppableWorker):
             if not batch:
                 return batch
         return batch
+
+    def _observe_batch(self, kind: Kind, size: int, flushed_from: float) -> None:
+        self.metrics.batch_size.labels("writer", kind).observe(size)
+        self.metrics.batch_age.labels("writer", kind).observe(time.monotonic() - flushed_from)
+        self.metrics.events.labels("writer", kind, "stored").inc(size)
 
     async def _flush(
         self,
@@ -222,9 +304,14 @@ class Writer(StoppableWorker):
                 if recheck:
                     present = await sink.existing_ids(kind, events)
                     events = [e for e in events if e.id not in present]
+                insert_started = time.monotonic()
                 refused = await insert_isolating(sink, kind, events)
+                self.metrics.insert_seconds.labels(type(sink).__name__, kind).observe(
+                    time.monotonic() - insert_started
+                )
                 break
             except RetryableSinkError as exc:
+                self.metrics.retries.labels("writer", kind).inc()
                 recheck = True
                 delay = backoff.next()
                 bound.warning(
@@ -257,6 +344,65 @@ class Writer(StoppableWorker):
             bound.warning("writer.dead_letters", count=len(dead), first_reason=dead[0].reason[:200])
         await self.streams.commit(
             kind,
+            self.group,
+            "clean",
+            StageCommit(acked=decoded.entry_ids, dead_letters=dead),
+            self.settings.dedupe_window_s,
+            self.settings.dlq_maxlen,
+        )
+
+    async def _flush_profiles(
+        self,
+        stream: str,
+        consumer: str,
+        deliveries: list[Delivery],
+        backoff: Backoff,
+        bound: structlog.stdlib.BoundLogger,
+    ) -> None:
+        sink = self.sink_for[PROFILES]
+        assert isinstance(sink, ProfileSink)  # checked in __init__
+        decoded = decode_profile_batch(deliveries)
+        records = decoded.records
+        recheck = any(d.deliveries > 1 for d in deliveries)
+        while True:
+            try:
+                # Always: a profile resent after the dedupe window must not become a second row.
+                present = await sink.existing_profile_ids(records)
+                records = [r for r in records if (r.tenant, r.id) not in present]
+                refused = await insert_profiles_isolating(sink, records, recheck)
+                break
+            except RetryableSinkError as exc:
+                recheck = True
+                delay = backoff.next()
+                bound.warning(
+                    "writer.sink_unavailable",
+                    error=str(exc),
+                    batch=len(records),
+                    retry_in_s=round(delay, 2),
+                )
+                await self.sleep(delay)
+                if self.stopping:
+                    return  # unacked: the entries wait in the pending list for the next start
+                await self.redis.xclaim(
+                    stream, self.group, consumer, 0, list[Any](decoded.entry_ids), justid=True
+                )
+        dead = list(decoded.undecodable)
+        for record, reason in refused:
+            dead.append(
+                _dead_letter(
+                    PROFILES,
+                    record.tenant,
+                    record.id,
+                    record.received_at,
+                    encode_clean_profile(record),
+                    reason,
+                    1,
+                )
+            )
+        if dead:
+            bound.warning("writer.dead_letters", count=len(dead), first_reason=dead[0].reason[:200])
+        await self.streams.commit(
+            PROFILES,
             self.group,
             "clean",
             StageCommit(acked=decoded.entry_ids, dead_letters=dead),

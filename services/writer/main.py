@@ -1,7 +1,8 @@
 """Process entry point: `rivulet writer` / `python -m services.writer`.
 
-With a `chdb:///path` ClickHouse URL the writer that handles logs/spans/rum owns the engine, so it
-also serves read-only queries on 127.0.0.1:`query_port` for `rivulet query`.
+With a `chdb:///path` ClickHouse URL the writer that handles logs/spans/rum/profiles owns the
+engine, so it also serves read-only queries on 127.0.0.1:`query_port` for `rivulet query` (and
+for the profiler's reports).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from shared.config import Settings, load_settings
 from shared.consumer import default_consumer_name
 from shared.localservers import ensure_database
 from shared.logs import configure_logging
+from shared.metrics import WorkerMetrics, serve_metrics, watched_streams
 from shared.retry import Backoff
-from shared.schemas import KINDS, Kind
+from shared.schemas import ALL_KINDS, Kind
 from shared.streams import connect
 
 
@@ -41,7 +43,8 @@ async def serve(settings: Settings, kinds: Sequence[Kind], consumer: str) -> Non
     log = configure_logging("writer", settings.log_level)
     redis = connect(settings.redis_url)
     sinks = build_sinks(settings, kinds)
-    writer = Writer(settings, redis, sinks, kinds, consumer)
+    metrics = WorkerMetrics("writer")
+    writer = Writer(settings, redis, sinks, kinds, consumer, metrics)
     stopping = asyncio.Event()
 
     def stop() -> None:
@@ -88,6 +91,20 @@ async def serve(settings: Settings, kinds: Sequence[Kind], consumer: str) -> Non
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(writer.run())
+            streams, dlqs = watched_streams(
+                settings.namespace, kinds, "clean", settings.clean_high_watermark
+            )
+            tasks.create_task(
+                serve_metrics(
+                    metrics,
+                    redis,
+                    settings.metrics_host,
+                    settings.metrics_port,
+                    streams,
+                    dlqs,
+                    stopping,
+                )
+            )
             if query_server is not None:
                 tasks.create_task(query_server.serve())
                 tasks.create_task(_stop_server_on(stopping, query_server))
@@ -105,7 +122,7 @@ async def _stop_server_on(stopping: asyncio.Event, server: uvicorn.Server) -> No
 
 def run(
     settings: Settings | None = None,
-    kinds: Sequence[Kind] = KINDS,
+    kinds: Sequence[Kind] = ALL_KINDS,
     consumer: str | None = None,
 ) -> None:
     asyncio.run(

@@ -5,21 +5,40 @@ off, keep the batch pending) or `RejectedBatch` (the database refuses this data:
 rows and dead-letter them). Both sinks are idempotent for a re-delivered batch: ClickHouse by an
 existence check of ids plus insert deduplication tokens (ReplacingMergeTree as a last resort);
 PostgreSQL by `ON CONFLICT DO NOTHING` on (tenant, id, ts).
+
+Profiles (`ProfileSink`, implemented by ClickHouseSink) fill four tables per batch, in the order
+functions, stacks, samples, profiles (see services/writer/profile_rows.py): the writer skips
+profiles whose row exists, and after a failure inserts only the sample rows still missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import asyncpg
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, ProgrammingError
 
+from services.writer.histograms import histogram_ddl, insert_histograms
+from services.writer.profile_rows import (
+    FUNCTION_COLUMNS,
+    PROFILE_COLUMNS,
+    SAMPLE_COLUMNS,
+    STACK_COLUMNS,
+    SampleKey,
+    function_rows,
+    profile_ddl,
+    profile_rows,
+    rows_token,
+    sample_rows,
+    stack_rows,
+)
 from services.writer.rows import (
     CLICKHOUSE_DDL,
     CLICKHOUSE_TABLES,
@@ -28,7 +47,7 @@ from services.writer.rows import (
     to_metric_records,
     to_rows,
 )
-from shared.schemas import CleanEvent, Kind, Metric
+from shared.schemas import CleanEvent, CleanProfile, Kind, Metric
 
 T = TypeVar("T")
 
@@ -51,6 +70,19 @@ class Sink(Protocol):
     async def existing_ids(self, kind: Kind, events: Sequence[CleanEvent]) -> set[str]: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ProfileSink(Protocol):
+    """A store for the `profiles` kind (several tables per profile)."""
+
+    async def existing_profile_ids(self, records: Sequence[CleanProfile]) -> set[tuple[str, str]]:
+        """(tenant, id) of the records whose profile row is stored (their samples are too)."""
+        ...
+
+    async def insert_profiles(self, records: Sequence[CleanProfile], recheck: bool) -> None:
+        """Store the records; with `recheck`, first drop sample rows an earlier attempt stored."""
+        ...
 
 
 # ClickHouse error codes that mean "this data can never be inserted" (bad values, bad types).
@@ -77,7 +109,7 @@ class ClickHouseSink:
     thread: calls are serialized, and the same thread also answers read-only queries.
     """
 
-    kinds: frozenset[Kind] = frozenset({"logs", "spans", "rum"})
+    kinds: frozenset[Kind] = frozenset({"logs", "spans", "rum", "profiles"})
 
     def __init__(
         self,
@@ -92,6 +124,7 @@ class ClickHouseSink:
         self._connect = connect or (lambda d: clickhouse_connect.get_client(dsn=d))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
         self._client: Client | None = None
+        self._reader: Client | None = None  # chdb: the read-only session (query_json_lines)
 
     async def _call(self, fn: Callable[[Client], T]) -> T:
         def run() -> T:
@@ -114,6 +147,8 @@ class ClickHouseSink:
             client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
             for ddl in CLICKHOUSE_DDL.values():
                 client.command(ddl.format(db=f"`{self.database}`", ttl=ttl))
+            for ddl in profile_ddl(f"`{self.database}`", self.ttl_days):
+                client.command(ddl)
 
         try:
             await self._call(create)
@@ -155,8 +190,112 @@ class ClickHouseSink:
             raise classify_clickhouse(exc) from exc
         return {row[0] for row in result}
 
+    async def existing_profile_ids(self, records: Sequence[CleanProfile]) -> set[tuple[str, str]]:
+        if not records:
+            return set()
+        sql = (
+            f"SELECT tenant, id FROM `{self.database}`.profiles "
+            "WHERE tenant IN {tenants:Array(String)} "
+            "AND ts BETWEEN fromUnixTimestamp64Nano({lo:Int64}) "
+            "AND fromUnixTimestamp64Nano({hi:Int64}) "
+            "AND id IN {ids:Array(String)}"
+        )
+        params: dict[str, Any] = {
+            "tenants": sorted({r.tenant for r in records}),
+            "lo": min(r.ts for r in records),
+            "hi": max(r.ts for r in records),
+            "ids": sorted({r.id for r in records}),
+        }
+        try:
+            result = await self._call(lambda c: c.query(sql, parameters=params).result_rows)
+        except Exception as exc:
+            raise classify_clickhouse(exc) from exc
+        return {(row[0], row[1]) for row in result}
+
+    async def stored_sample_keys(self, records: Sequence[CleanProfile]) -> set[SampleKey]:
+        """Sample rows of these profiles already stored (after a failed or partial insert)."""
+        if not records:
+            return set()
+        sql = (
+            "SELECT tenant, profile_id, sample_type, stack_hash "
+            f"FROM `{self.database}`.profile_samples "
+            "WHERE tenant IN {tenants:Array(String)} AND service IN {services:Array(String)} "
+            "AND ts BETWEEN fromUnixTimestamp64Nano({lo:Int64}) "
+            "AND fromUnixTimestamp64Nano({hi:Int64}) "
+            "AND profile_id IN {ids:Array(String)}"
+        )
+        params: dict[str, Any] = {
+            "tenants": sorted({r.tenant for r in records}),
+            "services": sorted({r.service for r in records}),
+            "lo": min(r.ts for r in records),
+            "hi": max(r.ts for r in records),
+            "ids": sorted({r.id for r in records}),
+        }
+        try:
+            result = await self._call(lambda c: c.query(sql, parameters=params).result_rows)
+        except Exception as exc:
+            raise classify_clickhouse(exc) from exc
+        wanted = {(r.tenant, r.id) for r in records}
+        return {
+            (row[0], row[1], row[2], int(row[3])) for row in result if (row[0], row[1]) in wanted
+        }
+
+    async def insert_profiles(self, records: Sequence[CleanProfile], recheck: bool) -> None:
+        if not records:
+            return
+        skip = frozenset(await self.stored_sample_keys(records)) if recheck else frozenset()
+        samples = sample_rows(records, skip)
+        steps = (
+            ("profile_functions", FUNCTION_COLUMNS, function_rows(records), (0, 1, 6)),
+            ("profile_stacks", STACK_COLUMNS, stack_rows(records), (0, 1, 7)),
+            ("profile_samples", SAMPLE_COLUMNS, samples, (0, 6, 3, 7)),
+            ("profiles", PROFILE_COLUMNS, profile_rows(records), (0, 1)),
+        )
+        for table, columns, rows, identity in steps:
+            if not rows:
+                continue
+            token = rows_token(table, [tuple(row[i] for i in identity) for row in rows])
+            await self._insert_rows(table, columns, rows, token)
+
+    async def _insert_rows(
+        self, table: str, columns: Sequence[str], rows: list[tuple[Any, ...]], token: str
+    ) -> None:
+        settings = {"insert_deduplication_token": token, "max_partitions_per_insert_block": 0}
+
+        def insert(client: Client) -> None:
+            client.insert(
+                f"`{self.database}`.{table}", rows, column_names=list(columns), settings=settings
+            )
+
+        try:
+            await self._call(insert)
+        except Exception as exc:
+            raise classify_clickhouse(exc) from exc
+
     async def query_json_lines(self, sql: str) -> bytes:
-        """Read-only query (the engine enforces `readonly=1`), one JSON object per line."""
+        """Read-only query (the engine enforces `readonly=1`), one JSON object per line.
+
+        With chdb, settings are per session and a per-call `readonly=1` cannot be undone (the
+        client's restoring `SET` is itself refused), which would leave the writer's session
+        unable to insert after the first query: read-only queries get a session of their own,
+        read-only for good. A refused query may leave output of its earlier statements in that
+        session (`SELECT 1; DROP ...`), so a failure discards the session."""
+        if self.dsn.startswith("chdb:"):
+
+            def run_readonly(_: Client) -> bytes:
+                if self._reader is None:
+                    reader = self._connect(self.dsn)
+                    reader.set_client_setting("readonly", "1")
+                    self._reader = reader
+                try:
+                    return bytes(self._reader.raw_query(sql, fmt="JSONEachRow"))
+                except Exception:
+                    reader, self._reader = self._reader, None
+                    with contextlib.suppress(Exception):
+                        reader.close()
+                    raise
+
+            return await self._call(run_readonly)
 
         def run(client: Client) -> bytes:
             raw = client.raw_query(sql, fmt="JSONEachRow", settings={"readonly": 1})
@@ -166,6 +305,8 @@ class ClickHouseSink:
 
     async def close(self) -> None:
         def close(client: Client) -> None:
+            if self._reader is not None:
+                self._reader.close()
             client.close()
 
         if self._client is not None:
@@ -230,7 +371,7 @@ def postgres_ddl(schema: str, timescale: bool) -> list[str]:
             f"CREATE OR REPLACE VIEW {s}.metrics_1m AS "
             + rollup.format(bucket="date_trunc('minute', ts)")
         )
-    return statements
+    return statements + histogram_ddl(schema, timescale)  # services/writer/histograms.py
 
 
 class PostgresSink:
@@ -272,7 +413,8 @@ class PostgresSink:
             raise classify_postgres(exc) from exc
 
     async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None:
-        metrics = [e for e in events if isinstance(e, Metric)]
+        metrics = [e for e in events if isinstance(e, Metric) and e.histogram is None]
+        histograms = [e for e in events if isinstance(e, Metric) and e.histogram is not None]
         pool = await self._ensure_pool()
         columns = ", ".join(METRIC_COLUMNS)
         try:
@@ -290,6 +432,8 @@ class PostgresSink:
                     f'INSERT INTO "{self.schema}".metrics ({columns}) '
                     f"SELECT {columns} FROM metrics_stage ON CONFLICT DO NOTHING"
                 )
+                if histograms:  # OTLP histogram points: one row each in metric_histograms
+                    await insert_histograms(conn, self.schema, histograms)
         except Exception as exc:
             raise classify_postgres(exc) from exc
 

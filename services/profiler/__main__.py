@@ -1,0 +1,3 @@
+from services.profiler.main import run
+
+run()
