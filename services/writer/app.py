@@ -311,22 +311,11 @@ class Writer(StoppableWorker):
                 )
                 break
             except RetryableSinkError as exc:
-                self.metrics.retries.labels("writer", kind).inc()
                 recheck = True
-                delay = backoff.next()
-                bound.warning(
-                    "writer.sink_unavailable",
-                    error=str(exc),
-                    batch=len(events),
-                    retry_in_s=round(delay, 2),
-                )
-                await self.sleep(delay)
-                if self.stopping:
-                    return  # unacked: the entries wait in the pending list for the next start
-                # Keep ownership while we wait, so no other replica claims and inserts the batch.
-                await self.redis.xclaim(
-                    stream, self.group, consumer, 0, list[Any](decoded.entry_ids), justid=True
-                )
+                if not await self._wait_holding(
+                    kind, exc, len(events), stream, consumer, decoded.entry_ids, backoff, bound
+                ):
+                    return
         dead = list(decoded.undecodable)
         for event, reason in refused:
             dead.append(
@@ -340,16 +329,7 @@ class Writer(StoppableWorker):
                     1,
                 )
             )
-        if dead:
-            bound.warning("writer.dead_letters", count=len(dead), first_reason=dead[0].reason[:200])
-        await self.streams.commit(
-            kind,
-            self.group,
-            "clean",
-            StageCommit(acked=decoded.entry_ids, dead_letters=dead),
-            self.settings.dedupe_window_s,
-            self.settings.dlq_maxlen,
-        )
+        await self._acknowledge(kind, decoded.entry_ids, dead, bound)
 
     async def _flush_profiles(
         self,
@@ -373,19 +353,10 @@ class Writer(StoppableWorker):
                 break
             except RetryableSinkError as exc:
                 recheck = True
-                delay = backoff.next()
-                bound.warning(
-                    "writer.sink_unavailable",
-                    error=str(exc),
-                    batch=len(records),
-                    retry_in_s=round(delay, 2),
-                )
-                await self.sleep(delay)
-                if self.stopping:
-                    return  # unacked: the entries wait in the pending list for the next start
-                await self.redis.xclaim(
-                    stream, self.group, consumer, 0, list[Any](decoded.entry_ids), justid=True
-                )
+                if not await self._wait_holding(
+                    PROFILES, exc, len(records), stream, consumer, decoded.entry_ids, backoff, bound
+                ):
+                    return
         dead = list(decoded.undecodable)
         for record, reason in refused:
             dead.append(
@@ -399,13 +370,47 @@ class Writer(StoppableWorker):
                     1,
                 )
             )
+        await self._acknowledge(PROFILES, decoded.entry_ids, dead, bound)
+
+    async def _wait_holding(
+        self,
+        kind: Kind,
+        exc: RetryableSinkError,
+        size: int,
+        stream: str,
+        consumer: str,
+        entry_ids: Sequence[bytes],
+        backoff: Backoff,
+        bound: structlog.stdlib.BoundLogger,
+    ) -> bool:
+        """Back off after a store failure, keeping the batch; False when stopping instead."""
+        self.metrics.retries.labels("writer", kind).inc()
+        delay = backoff.next()
+        bound.warning(
+            "writer.sink_unavailable", error=str(exc), batch=size, retry_in_s=round(delay, 2)
+        )
+        await self.sleep(delay)
+        if self.stopping:
+            return False  # unacked: the entries wait in the pending list for the next start
+        # Keep ownership while we wait, so no other replica claims and inserts the batch.
+        await self.redis.xclaim(stream, self.group, consumer, 0, list[Any](entry_ids), justid=True)
+        return True
+
+    async def _acknowledge(
+        self,
+        kind: Kind,
+        entry_ids: Sequence[bytes],
+        dead: Sequence[DeadLetter],
+        bound: structlog.stdlib.BoundLogger,
+    ) -> None:
+        """XACK the batch and dead-letter the refused rows, in one script."""
         if dead:
             bound.warning("writer.dead_letters", count=len(dead), first_reason=dead[0].reason[:200])
         await self.streams.commit(
-            PROFILES,
+            kind,
             self.group,
             "clean",
-            StageCommit(acked=decoded.entry_ids, dead_letters=dead),
+            StageCommit(acked=entry_ids, dead_letters=dead),
             self.settings.dedupe_window_s,
             self.settings.dlq_maxlen,
         )
