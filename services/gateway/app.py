@@ -35,11 +35,11 @@ from services.gateway.ingest import (
 )
 from services.gateway.openapi import OPENAPI_JSON
 from services.gateway.profiles import ProfileIngest
-from services.gateway.unsigned import ExtraRoutes
+from services.gateway.unsigned import ExtraRoutes, error_body, headers_of, read_body, reply
 from shared.apikeys import KeyStore
 from shared.config import Settings
 from shared.profile_streams import ProfileStreams
-from shared.schemas import ALL_KINDS, PROFILES, ApiKey, ErrorAnswer, Kind, Rejection
+from shared.schemas import ALL_KINDS, PROFILES, ApiKey, Kind, Rejection
 from shared.signing import signature_matches
 from shared.streams import Keys, Streams, connect
 
@@ -54,7 +54,6 @@ INGEST_PREFIX: Final = "/v1/ingest/"
 MAX_IDEMPOTENCY_KEY: Final = 1024
 SIGNATURE_REPLAYED: Final = "signature already used: sign every new request anew"
 _rejections: Final = msgspec.json.Encoder()
-_error_encoder: Final = msgspec.json.Encoder()
 
 
 class GatewayMetrics:
@@ -114,28 +113,28 @@ class Gateway:
         if path.startswith(INGEST_PREFIX):
             kind = path[len(INGEST_PREFIX) :]
             if kind not in ALL_KINDS:
-                await _reply(
-                    send, 404, _error(f"unknown kind {kind!r}: one of {', '.join(ALL_KINDS)}")
+                await reply(
+                    send, 404, error_body(f"unknown kind {kind!r}: one of {', '.join(ALL_KINDS)}")
                 )
             elif method != "POST":
-                await _reply(send, 405, _error("use POST"), {"allow": "POST"})
+                await reply(send, 405, error_body("use POST"), {"allow": "POST"})
             else:
                 await self._ingest(scope, receive, send, kind)
         elif path == "/healthz":
-            await _reply(send, 200, b'{"status":"ok"}')
+            await reply(send, 200, b'{"status":"ok"}')
         elif path == "/openapi.json":
-            await _reply(send, 200, OPENAPI_JSON)
+            await reply(send, 200, OPENAPI_JSON)
         elif path == "/readyz":
             await self._ready(send)
         elif path == "/metrics":
-            await _reply(
+            await reply(
                 send,
                 200,
                 generate_latest(self.metrics.registry),
-                content_type=b"text/plain; version=0.0.4",
+                content_type="text/plain; version=0.0.4",
             )
         else:
-            await _reply(send, 404, _error("not found"))
+            await reply(send, 404, error_body("not found"))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -174,17 +173,17 @@ class Gateway:
                     pipe.xlen(self.keys.stream(kind, "raw"))
                 lengths = await pipe.execute()
         except RedisError as exc:
-            await _reply(send, 503, _error(f"redis unreachable: {type(exc).__name__}"))
+            await reply(send, 503, error_body(f"redis unreachable: {type(exc).__name__}"))
             return
         shedding = [
             k for k, n in zip(ALL_KINDS, lengths, strict=True) if n >= self._high_watermark(k)
         ]
         if shedding:
-            await _reply(
-                send, 503, _error(f"shedding load: raw backlog over watermark for {shedding}")
+            await reply(
+                send, 503, error_body(f"shedding load: raw backlog over watermark for {shedding}")
             )
         else:
-            await _reply(send, 200, b'{"status":"ready"}')
+            await reply(send, 200, b'{"status":"ready"}')
 
     def _high_watermark(self, kind: Kind) -> int:
         if kind == PROFILES:
@@ -197,24 +196,24 @@ class Gateway:
         try:
             status, body, headers = await self._handle(scope, receive, kind)
         except HttpError as exc:
-            status, body = exc.status, _error(exc.message)
+            status, body = exc.status, error_body(exc.message)
             headers = {"retry-after": str(exc.retry_after)} if exc.retry_after else {}
         except RedisError as exc:
             status, body, headers = (
                 503,
-                _error(f"storage unavailable: {type(exc).__name__}"),
+                error_body(f"storage unavailable: {type(exc).__name__}"),
                 {"retry-after": "1"},
             )
         finally:
             self.metrics.requests.labels(kind, str(status)).inc()
             self.metrics.latency.labels(kind).observe(time.perf_counter() - started)
-        await _reply(send, status, body, headers)
+        await reply(send, status, body, headers)
 
     async def _handle(
         self, scope: Scope, receive: Receive, kind: Kind
     ) -> tuple[int, bytes, dict[str, str]]:
         settings = self.settings
-        headers = _headers(scope)
+        headers = headers_of(scope)
         key_id = headers.get("x-rivulet-key", "")
         timestamp = headers.get("x-rivulet-timestamp", "")
         signature = headers.get("x-rivulet-signature", "")
@@ -222,12 +221,8 @@ class Gateway:
             raise HttpError(
                 401, "missing X-Rivulet-Key, X-Rivulet-Timestamp or X-Rivulet-Signature"
             )
-        declared = headers.get("content-length", "")
-        declared_size = parse_decimal(declared, 18)
         max_body = settings.max_profile_bytes if kind == PROFILES else settings.max_body_bytes
-        if declared_size is not None and declared_size > max_body:
-            raise HttpError(413, f"body larger than {max_body} bytes")
-        body = await _read_body(receive, max_body)
+        body = await read_body(receive, headers, max_body)
 
         key = await self._authenticate(key_id, timestamp, signature, scope, body)
         signature = signature.strip().lower()
@@ -340,45 +335,6 @@ def _replayed_answer(stored: bytes, body_hash: str) -> tuple[int, bytes, dict[st
     if first_hash.decode() != body_hash:
         raise HttpError(422, "Idempotency-Key already used with a different body")
     return 202, answer, {"idempotent-replayed": "true"}
-
-
-def _headers(scope: Scope) -> dict[str, str]:
-    return {
-        name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]
-    }
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HttpError(400, "client disconnected")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"body larger than {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _error(message: str) -> bytes:
-    return _error_encoder.encode(ErrorAnswer(message))
-
-
-async def _reply(
-    send: Send,
-    status: int,
-    body: bytes,
-    headers: dict[str, str] | None = None,
-    content_type: bytes = b"application/json",
-) -> None:
-    raw_headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
-    raw_headers.extend((k.encode(), v.encode()) for k, v in (headers or {}).items())
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(settings: Settings) -> Gateway:
