@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import random
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,7 +45,9 @@ from services.writer.rows import METRIC_COLUMNS, to_metric_records
 from services.writer.sinks import ClickHouseSink, postgres_ddl
 from shared.events import parse_event
 from shared.schemas import Log, Metric
-from tests.harness import STANDARD_TOPOLOGY, Pipeline, post_signed
+from shared.signing import signed_headers
+from tests.harness import STANDARD_TOPOLOGY, Pipeline
+from tests.helpers import ndjson
 from tests.servers import PG_DSN, REDIS_URL
 
 USER_AGENTS = [
@@ -62,6 +68,9 @@ MESSAGES = [
     "retrying upstream call attempt={n} token=abc{n}",
 ]
 LATENCY_SAMPLE_EVERY = 50
+# The probe's queries run on the writer's one chdb thread, between its inserts: polling faster
+# costs the pipeline it measures. Latencies are therefore upper bounds, 0.25 s resolution.
+PROBE_INTERVAL_S = 0.25
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -207,19 +216,38 @@ class Monitor(threading.Thread):
         self.cpu_start: dict[str, float] = {}
         self.cpu_end: dict[str, float] = {}
         self.rss_samples: list[tuple[float, dict[str, int]]] = []
+        self.wall_start = 0.0
+        self.wall_s = 0.0
         self.done = threading.Event()
 
     def _cpu(self, pid: int) -> float:
         times = psutil.Process(pid).cpu_times()
         return float(times.user + times.system)
 
+    def _shared_cpu(self) -> dict[str, float]:
+        """What the services share: the Redis server (INFO cpu: all its threads) and this
+        process, the load generator (its senders and the latency probe)."""
+        client = syncredis.Redis.from_url(REDIS_URL)
+        try:
+            info = client.info("cpu")
+        finally:
+            client.close()
+        return {
+            "redis-server": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+            "load-generator": self._cpu(os.getpid()),
+        }
+
     def start_counting(self) -> None:
         for name, process in self.pipeline.processes.items():
             self.cpu_start[name] = self._cpu(process.pid)
+        self.cpu_start.update(self._shared_cpu())
+        self.wall_start = time.monotonic()
 
     def stop_counting(self) -> None:
         for name, process in self.pipeline.processes.items():
             self.cpu_end[name] = self._cpu(process.pid)
+        self.cpu_end.update(self._shared_cpu())
+        self.wall_s = time.monotonic() - self.wall_start
         self.done.set()
 
     def run(self) -> None:
@@ -241,6 +269,52 @@ def service_of(process_name: str) -> str:
     return process_name.rsplit("-", 1)[0] if process_name[-1].isdigit() else process_name
 
 
+class Batch(msgspec.Struct, frozen=True):
+    """One request, encoded before the clock starts so the load generator's CPU stays small."""
+
+    kind: str
+    body: bytes
+    user_agent: str
+    client_ip: str
+    sampled_ids: list[str]
+
+
+def make_batches(kinds: tuple[str, ...], per_kind: int) -> list[Batch]:
+    rng = random.Random(1)
+    batches: list[Batch] = []
+    for kind in kinds:
+        for start in range(0, per_kind, 500):
+            events = make_events(kind, start, min(500, per_kind - start), rng)
+            batches.append(
+                Batch(
+                    kind=kind,
+                    body=ndjson(events),
+                    user_agent=rng.choice(USER_AGENTS),
+                    client_ip=rng.choice(CLIENT_IPS),
+                    sampled_ids=[e["id"] for e in events[::LATENCY_SAMPLE_EVERY]],
+                )
+            )
+    rng.shuffle(batches)
+    return batches
+
+
+def start_py_spy(pipeline: Pipeline, directory: Path) -> list[subprocess.Popen[bytes]]:
+    """`py-spy record` on every service process until it is stopped (SIGINT writes the file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [
+        subprocess.Popen(
+            [
+                *(str(spy), "record", "--pid", str(process.pid), "--rate", "200", "--nonblocking"),
+                *("--format", "raw", "-o", str(directory / f"{name}.folded")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, process in pipeline.processes.items()
+    ]
+
+
 def run_pipeline(
     name: str,
     topology: tuple[tuple[str, tuple[str, ...]], ...],
@@ -248,55 +322,62 @@ def run_pipeline(
     rate: float | None,
     senders: int,
     kinds: tuple[str, ...],
+    py_spy: Path | None = None,
 ) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
     pipeline = Pipeline(
         root, f"bench{uuid.uuid4().hex[:8]}", extra_env={"RIVULET_LOG_LEVEL": "warning"}
     )
     pipeline.require_servers()
     monitor = Monitor(pipeline)
+    per_kind = total // len(kinds)
+    batches = make_batches(kinds, per_kind)
+    spies: list[subprocess.Popen[bytes]] = []
     try:
         pipeline.start_standard(topology)
         key = pipeline.create_key()
+        if py_spy is not None:
+            spies = start_py_spy(pipeline, py_spy)
         monitor.start()
         monitor.start_counting()
-        per_kind = total // len(kinds)
-        work = [(kind, start) for kind in kinds for start in range(0, per_kind, 500)]
-        random.Random(1).shuffle(work)
         sent_at: dict[str, int] = {}
         lock = threading.Lock()
-        accepted = 0
         started = time.monotonic()
 
-        def send_share(share: list[tuple[str, int]], seed: int) -> int:
-            rng = random.Random(seed)
+        def send_share(share: list[Batch]) -> int:
             done = 0
             with httpx.Client(base_url=pipeline.url, timeout=60) as client:
-                for index, (kind, start) in enumerate(share):
+                for index, batch in enumerate(share):
                     if rate:
                         due = started + (index * senders * 500) / rate
                         time.sleep(max(0.0, due - time.monotonic()))
-                    events = make_events(kind, start, min(500, per_kind - start), rng)
-                    headers = {
-                        "User-Agent": rng.choice(USER_AGENTS),
-                        "X-Forwarded-For": rng.choice(CLIENT_IPS),
-                    }
+                    path = f"/v1/ingest/{batch.kind}"
                     while True:
                         first_sent = time.time_ns()
-                        response = post_signed(client, key, kind, events, **headers)
+                        signed = signed_headers(key.key_id, key.secret, "POST", path, batch.body)
+                        response = client.post(
+                            path,
+                            content=batch.body,
+                            headers={
+                                "Content-Type": "application/x-ndjson",
+                                "User-Agent": batch.user_agent,
+                                "X-Forwarded-For": batch.client_ip,
+                                **signed,
+                            },
+                        )
                         if response.status_code == 202:
                             break
                         time.sleep(float(response.headers.get("retry-after", "1")))
-                    done += len(events)
+                    done += batch.body.count(b"\n")
                     with lock:
-                        for event in events[::LATENCY_SAMPLE_EVERY]:
-                            sent_at[f"{kind}:{event['id']}"] = first_sent
+                        for event_id in batch.sampled_ids:
+                            sent_at[f"{batch.kind}:{event_id}"] = first_sent
             return done
 
         latencies = LatencyProbe(pipeline, sent_at, lock)
         latencies.start()
         with ThreadPoolExecutor(senders) as pool:
-            futures = [pool.submit(send_share, work[i::senders], i) for i in range(senders)]
+            futures = [pool.submit(send_share, batches[i::senders]) for i in range(senders)]
             accepted = sum(f.result() for f in futures)
         sent_s = time.monotonic() - started
         wait_rows(pipeline, kinds, per_kind)
@@ -305,25 +386,33 @@ def run_pipeline(
         latencies.finish()
         cpu: dict[str, float] = {}
         rss: dict[str, float] = {}
-        for process_name in pipeline.processes:
+        for process_name in monitor.cpu_end:
             service = service_of(process_name)
             cpu[service] = cpu.get(service, 0.0) + (
                 monitor.cpu_end[process_name] - monitor.cpu_start[process_name]
             )
+        for process_name in pipeline.processes:
+            service = service_of(process_name)
             rss[service] = max(rss.get(service, 0.0), monitor.peak_rss.get(process_name, 0) / 2**20)
         lat = sorted(latencies.values_ms)
         return {
             "variant": name,
+            "kinds": list(kinds),
             "events": accepted,
             "gateway_events_per_s": accepted / sent_s,
             "end_to_end_events_per_s": accepted / end_to_end_s,
             "latency_ms": {p: percentile(lat, p) for p in (50, 95, 99)},
             "latency_samples": len(lat),
             "cpu_s_per_million": {s: c / accepted * 1e6 for s, c in cpu.items()},
+            "cores_busy": sum(cpu.values()) / monitor.wall_s,
             "peak_rss_mib": rss,
             "rss_samples": monitor.rss_samples,
         }
     finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(30)
         monitor.done.set()
         pipeline.stop()
         pipeline.cleanup()
@@ -375,25 +464,42 @@ class LatencyProbe(threading.Thread):
                         if key not in self.seen:
                             self.seen.add(key)
                             self.values_ms.append((now - self.sent_at[key]) / 1e6)
-                time.sleep(0.1)
+                time.sleep(PROBE_INTERVAL_S)
 
 
 def wait_rows(pipeline: Pipeline, kinds: tuple[str, ...], per_kind: int) -> None:
+    """Until every kind has its rows; counts over the writer's query port and asyncpg, since a
+    CLI process per check would cost the machine the CPU we are measuring."""
     tables = {"logs": "logs", "spans": "spans", "rum": "rum_events"}
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        complete = True
-        for kind in kinds:
-            rows = (
-                pipeline.metric_counts()[0]
-                if kind == "metrics"
-                else pipeline.clickhouse_counts(tables[kind])[0]
-            )
-            complete = complete and rows >= per_kind
-        if complete:
-            return
-        time.sleep(0.2)
-    raise TimeoutError("rows never became queryable")
+    query_url = f"http://127.0.0.1:{pipeline.query_port}/query"
+
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_DSN) if "metrics" in kinds else None
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                deadline = time.monotonic() + 900
+                while time.monotonic() < deadline:
+                    counts: list[int] = []
+                    for kind in kinds:
+                        if kind == "metrics":
+                            assert conn is not None
+                            sql = f'SELECT count(*) FROM "{pipeline.schema}".metrics'
+                            with contextlib.suppress(asyncpg.UndefinedTableError):
+                                counts.append(int(await conn.fetchval(sql)))
+                            continue
+                        sql = f"SELECT count() AS n FROM rivulet.{tables[kind]}"
+                        with contextlib.suppress(httpx.TransportError, ValueError, KeyError):
+                            body = (await client.post(query_url, content=sql.encode())).content
+                            counts.append(int(json.loads(body.splitlines()[0])["n"]))
+                    if len(counts) == len(kinds) and min(counts) >= per_kind:
+                        return
+                    await asyncio.sleep(0.05)
+        finally:
+            if conn is not None:
+                await conn.close()
+        raise TimeoutError("rows never became queryable")
+
+    asyncio.run(run())
 
 
 def percentile(values: list[float], p: int) -> float:
@@ -434,6 +540,7 @@ def table(limits: dict[str, float], results: list[dict[str, Any]]) -> str:
             f"  ({r['latency_samples']} sampled events)",
             "  CPU s per 1M events             "
             + "  ".join(f"{s}={v:.1f}" for s, v in sorted(r["cpu_s_per_million"].items())),
+            f"  cores busy (all of the above)   {r['cores_busy']:.2f} of {os.cpu_count()}",
             "  peak RSS MiB                    "
             + "  ".join(f"{s}={v:.0f}" for s, v in sorted(r["peak_rss_mib"].items())),
             "",
@@ -452,6 +559,12 @@ def main() -> None:
     )
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--kinds", default="logs,metrics,spans,rum")
+    parser.add_argument(
+        "--variants", default="up,replicas", help="up (rivulet up topology), replicas, or both"
+    )
+    parser.add_argument(
+        "--py-spy", metavar="DIR", help="collapsed stacks of every service, for flamegraphs"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument(
         "--soak", action="store_true", help="10 minutes at --rate (default 5000/s), RSS over time"
@@ -484,13 +597,22 @@ def main() -> None:
         total = int(rate * (args.duration or 600))
     elif args.duration and rate:
         total = int(rate * args.duration)
-    variants: list[tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]] = [
-        ("rivulet up defaults (1 normalizer, 1 writer)", UP_TOPOLOGY),
-    ]
-    if not args.soak:
-        variants.append(("2 normalizers + 2 metrics writers", STANDARD_TOPOLOGY))
+    chosen = ["up"] if args.soak else [v for v in args.variants.split(",") if v]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}: choose from {sorted(VARIANTS)}")
     results = [
-        run_pipeline(name, topo, total, rate, args.senders, kinds) for name, topo in variants
+        run_pipeline(
+            label,
+            VARIANTS[variant][1],
+            total,
+            rate,
+            args.senders,
+            kinds,
+            Path(args.py_spy) / variant if args.py_spy else None,
+        )
+        for variant in chosen
+        for label in [VARIANTS[variant][0]]
     ]
     print(table(limits, results))
     if args.soak:
@@ -511,6 +633,11 @@ UP_TOPOLOGY: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("normalizer", ("normalizer", "--consumer", "n1")),
     ("writer", ("writer", "--consumer", "w1")),
 )
+
+VARIANTS: dict[str, tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]] = {
+    "up": ("rivulet up defaults (1 normalizer, 1 writer)", UP_TOPOLOGY),
+    "replicas": ("2 normalizers + 2 metrics writers", STANDARD_TOPOLOGY),
+}
 
 
 if __name__ == "__main__":

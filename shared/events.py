@@ -62,6 +62,17 @@ _KIND_OF: Final[dict[type[CleanEvent], Kind]] = {clean: kind for kind, clean in 
 _WIRE_FIELDS: Final[dict[Kind, frozenset[str]]] = {
     kind: frozenset(wire.__struct_fields__) for kind, wire in WIRE_TYPES.items()
 }
+# The fast path: straight into the wire Struct, refusing unknown fields. An event that has
+# unknown fields (they move into attrs) or is invalid takes the general path through a dict,
+# which also words every error; both build the event with the same `_build`.
+_STRICT_DECODERS: Final[dict[Kind, msgspec.json.Decoder[Any]]] = {
+    kind: msgspec.json.Decoder(
+        msgspec.defstruct(
+            f"{wire.__name__}Strict", [], bases=(wire,), forbid_unknown_fields=True, frozen=True
+        )
+    )
+    for kind, wire in WIRE_TYPES.items()
+}
 
 
 class InvalidEvent(ValueError):
@@ -117,9 +128,7 @@ def _string_map(values: dict[str, Any], field: str) -> dict[str, str]:
     return out
 
 
-def _attrs_with_extras(attrs: dict[str, Any], obj: dict[str, Any], kind: Kind) -> dict[str, str]:
-    known = _WIRE_FIELDS[kind]
-    extras = {k: v for k, v in obj.items() if k not in known}
+def _attrs_with_extras(attrs: dict[str, Any], extras: dict[str, Any]) -> dict[str, str]:
     if extras:
         attrs = {**extras, **attrs}
     return _string_map(attrs, "attrs")
@@ -171,7 +180,7 @@ def _histogram(value: Histogram | None) -> Histogram | None:
     return value
 
 
-def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> CleanEvent:
+def _build(wire: WireEvent, extras: dict[str, Any], tenant: str) -> CleanEvent:
     if isinstance(wire, LogIn):
         return Log(
             tenant=tenant,
@@ -180,7 +189,7 @@ def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> Cle
             service=_text(wire.service, "service", 256),
             level=_text(wire.level, "level", 32).lower(),
             message=_text(wire.message, "message"),
-            attrs=_attrs_with_extras(wire.attrs, obj, kind),
+            attrs=_attrs_with_extras(wire.attrs, extras),
             trace_id=_hex_id(wire.trace_id, "trace_id", _HEX32, optional=True),
             span_id=_hex_id(wire.span_id, "span_id", _HEX16, optional=True),
             host=_text(wire.host, "host", 256),
@@ -198,7 +207,7 @@ def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> Cle
             labels=_string_map(wire.labels, "labels"),
             service=_text(wire.service, "service", 256),
             host=_text(wire.host, "host", 256),
-            attrs=_attrs_with_extras(wire.attrs, obj, kind),
+            attrs=_attrs_with_extras(wire.attrs, extras),
             histogram=_histogram(wire.histogram),
         )
     if isinstance(wire, SpanIn):
@@ -225,7 +234,7 @@ def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> Cle
             kind=wire.kind,
             status=wire.status,
             status_message=_text(wire.status_message, "status_message"),
-            attrs=_attrs_with_extras(wire.attrs, obj, kind),
+            attrs=_attrs_with_extras(wire.attrs, extras),
         )
     assert isinstance(wire, RumIn)
     if len(wire.metrics) > MAX_ATTRS or any(len(k) > MAX_KEY_CHARS for k in wire.metrics):
@@ -243,7 +252,7 @@ def _build(kind: Kind, wire: WireEvent, obj: dict[str, Any], tenant: str) -> Cle
         user_id=_text(wire.user_id, "user_id", 256),
         metrics=wire.metrics,
         error=_string_map(wire.error, "error"),
-        attrs=_attrs_with_extras(wire.attrs, obj, kind),
+        attrs=_attrs_with_extras(wire.attrs, extras),
     )
 
 
@@ -256,8 +265,8 @@ def event_id(event: CleanEvent) -> str:
     return digest[:32]
 
 
-def parse_event(kind: Kind, raw: bytes, tenant: str, received_at: int = 0) -> CleanEvent:
-    """Validate one event's JSON bytes into its clean Struct, with its id set."""
+def _decode_general(kind: Kind, raw: bytes) -> tuple[WireEvent, dict[str, Any]]:
+    """Any valid event, with its unknown top-level fields; every failure worded for the client."""
     try:
         obj = _object_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -268,6 +277,17 @@ def parse_event(kind: Kind, raw: bytes, tenant: str, received_at: int = 0) -> Cl
         wire = msgspec.convert(obj, WIRE_TYPES[kind])
     except msgspec.ValidationError as exc:
         raise InvalidEvent(str(exc)) from None
-    event = _build(kind, wire, obj, tenant)
+    known = _WIRE_FIELDS[kind]
+    return wire, {k: v for k, v in obj.items() if k not in known}
+
+
+def parse_event(kind: Kind, raw: bytes, tenant: str, received_at: int = 0) -> CleanEvent:
+    """Validate one event's JSON bytes into its clean Struct, with its id set."""
+    extras: dict[str, Any] = {}
+    try:
+        wire: WireEvent = _STRICT_DECODERS[kind].decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        wire, extras = _decode_general(kind, raw)
+    event = _build(wire, extras, tenant)
     assert isinstance(event, CLEAN_TYPES[kind])
     return msgspec.structs.replace(event, id=event.id or event_id(event), received_at=received_at)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Final
 
 import redis.asyncio as aioredis
 import structlog
@@ -38,6 +39,10 @@ from shared.streams import (
 from shared.worker import StoppableWorker
 
 log = structlog.get_logger()
+
+# The clean backlog is checked at most this often, not per batch: a round trip per batch costs
+# more than the few batches it can let past the watermark.
+WATERMARK_CHECK_S: Final = 0.25
 
 
 def process_batch(
@@ -128,14 +133,17 @@ class Normalizer(StoppableWorker):
         bound = log.bind(stream=raw, consumer=self.consumer)
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_max_s)
         group_ready = False
+        watermark_checked_at = -WATERMARK_CHECK_S
         while not self.stopping:
             try:
                 if not group_ready:
                     await ensure_group(self.redis, raw, self.group)
                     group_ready = True
-                if await self.redis.xlen(clean) >= self.settings.clean_high_watermark:
-                    await self.sleep(0.5)
-                    continue
+                if time.monotonic() - watermark_checked_at >= WATERMARK_CHECK_S:
+                    if await self.redis.xlen(clean) >= self.settings.clean_high_watermark:
+                        await self.sleep(0.5)
+                        continue
+                    watermark_checked_at = time.monotonic()
                 deliveries = await reader.read(self.settings.normalizer_batch, block_ms=1000)
                 if not deliveries:
                     continue

@@ -11,6 +11,7 @@ from shared.config import Settings, load_settings
 from shared.consumer import default_consumer_name
 from shared.logs import configure_logging
 from shared.metrics import WorkerMetrics, serve_metrics, watched_streams
+from shared.runtime import run_service
 from shared.schemas import KINDS, Kind
 from shared.streams import connect
 
@@ -55,6 +56,6 @@ def run(
     kinds: Sequence[Kind] = KINDS,
     consumer: str | None = None,
 ) -> None:
-    asyncio.run(
+    run_service(
         serve(settings or load_settings(), kinds, consumer or default_consumer_name("normalizer"))
     )

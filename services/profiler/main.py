@@ -23,6 +23,7 @@ from shared.config import Settings, load_settings
 from shared.consumer import default_consumer_name
 from shared.logs import configure_logging
 from shared.metrics import WorkerMetrics, serve_metrics, watched_streams
+from shared.runtime import run_service
 from shared.streams import connect
 
 
@@ -105,6 +106,6 @@ async def _stop_server_on(stopping: asyncio.Event, server: uvicorn.Server) -> No
 
 
 def run(settings: Settings | None = None, consumer: str | None = None, http: bool = True) -> None:
-    asyncio.run(
+    run_service(
         serve(settings or load_settings(), consumer or default_consumer_name("profiler"), http)
     )

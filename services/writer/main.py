@@ -22,6 +22,7 @@ from shared.localservers import ensure_database
 from shared.logs import configure_logging
 from shared.metrics import WorkerMetrics, serve_metrics, watched_streams
 from shared.retry import Backoff
+from shared.runtime import run_service
 from shared.schemas import ALL_KINDS, Kind
 from shared.streams import connect
 
@@ -125,6 +126,6 @@ def run(
     kinds: Sequence[Kind] = ALL_KINDS,
     consumer: str | None = None,
 ) -> None:
-    asyncio.run(
+    run_service(
         serve(settings or load_settings(), kinds, consumer or default_consumer_name("writer"))
     )

@@ -43,9 +43,10 @@ from services.writer.rows import (
     CLICKHOUSE_DDL,
     CLICKHOUSE_TABLES,
     METRIC_COLUMNS,
-    column_names,
+    ingest_ddl,
+    ingest_table,
+    to_json_rows,
     to_metric_records,
-    to_rows,
 )
 from shared.schemas import CleanEvent, CleanProfile, Kind, Metric
 
@@ -102,6 +103,15 @@ def classify_clickhouse(exc: BaseException) -> Exception:
     return RetryableSinkError(f"{type(exc).__name__}: {str(exc)[:500]}")
 
 
+# The token deduplicates in the table behind the ingest view too; floats parse exactly as encoded.
+_JSON_INSERT: Final[dict[str, Any]] = {
+    "max_partitions_per_insert_block": 0,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+    "precise_float_parsing": 1,
+    "input_format_skip_unknown_fields": 1,
+}
+
+
 class ClickHouseSink:
     """clickhouse-connect over HTTP, or the in-process chdb engine for `chdb:///path`.
 
@@ -145,8 +155,10 @@ class ClickHouseSink:
 
         def create(client: Client) -> None:
             client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
-            for ddl in CLICKHOUSE_DDL.values():
+            for kind, ddl in CLICKHOUSE_DDL.items():
                 client.command(ddl.format(db=f"`{self.database}`", ttl=ttl))
+                for statement in ingest_ddl(f"`{self.database}`", kind):
+                    client.command(statement)
             for ddl in profile_ddl(f"`{self.database}`", self.ttl_days):
                 client.command(ddl)
 
@@ -156,12 +168,17 @@ class ClickHouseSink:
             raise classify_clickhouse(exc) from exc
 
     async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None:
-        table = f"`{self.database}`.{CLICKHOUSE_TABLES[kind]}"
-        rows = to_rows(events)
-        settings = {"insert_deduplication_token": token, "max_partitions_per_insert_block": 0}
+        table = f"`{self.database}`.{ingest_table(kind)}"
+        rows = to_json_rows(events)
 
         def insert(client: Client) -> None:
-            client.insert(table, rows, column_names=list(column_names(kind)), settings=settings)
+            client.raw_insert(
+                table,
+                None,
+                rows,
+                settings=_JSON_INSERT | {"insert_deduplication_token": token},
+                fmt="JSONEachRow",
+            )
 
         try:
             await self._call(insert)

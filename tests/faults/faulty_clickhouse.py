@@ -26,7 +26,7 @@ class FaultyClient:
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._client, name)
-        if name not in ("insert", "query", "command", "raw_query"):
+        if name not in ("insert", "raw_insert", "query", "command", "raw_query"):
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:

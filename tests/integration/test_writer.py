@@ -23,7 +23,7 @@ from services.writer.sinks import ClickHouseSink, PostgresSink, Sink
 from shared.config import Settings
 from shared.consumer import ensure_group
 from shared.events import parse_event
-from shared.schemas import CleanEvent, Kind
+from shared.schemas import CleanEvent, GeoInfo, Kind, Log, Rum, Span, UserAgentInfo
 from shared.streams import Keys, StageCommit, Streams, flatten_read, xrange
 from tests.helpers import log_event, metric_event, rum_event, span_event
 
@@ -66,14 +66,14 @@ class FaultyClient:
         self.poison_marker = ""
         self.inserts = 0
 
-    def insert(self, table: str, data: Sequence[Sequence[Any]], **kwargs: Any) -> Any:
+    def raw_insert(self, table: str, column_names: Any, insert_block: bytes, **kwargs: Any) -> Any:
         if self.outage_calls > 0:
             self.outage_calls -= 1
             raise OperationalError("injected: connection refused")
-        if self.poison_marker and any(self.poison_marker in str(row) for row in data):
+        if self.poison_marker and self.poison_marker.encode() in insert_block:
             raise DatabaseError("Code: 53. DB::Exception: injected: type mismatch (TYPE_MISMATCH)")
         self.inserts += 1
-        return self.client.insert(table, data, **kwargs)
+        return self.client.raw_insert(table, column_names, insert_block, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
@@ -150,6 +150,110 @@ async def test_clickhouse_kinds_are_written_once(
         )
         row = msgspec.json.decode(out)
         assert row["duration_ns"] == 1_000_000 and row["status"] == "ok"
+
+
+async def test_every_column_round_trips_through_the_ingest_view(settings: Settings) -> None:
+    """JSON rows through the Null table and its view land in the right columns, exactly."""
+    sink = clickhouse_sink(settings)
+    await sink.start()
+    try:
+        (log,), (span,), (rum,) = (
+            clean_events(kind, range(1)) for kind in ("logs", "spans", "rum")
+        )
+        assert isinstance(log, Log) and isinstance(span, Span) and isinstance(rum, Rum)
+        log = msgspec.structs.replace(
+            log,
+            message='caf\u00e9 \U0001f600 "quoted" \\ tab\t',
+            attrs={"k": "v", "emoji": "\U0001f600"},
+            geo=GeoInfo(country="GB", city="London", lat=51.507351234567891, lon=-0.127758),
+        )
+        rum = msgspec.structs.replace(
+            rum,
+            metrics={"lcp": 1234.5678901234567, "cls": 0.1},
+            geo=GeoInfo(country="JP"),
+            user_agent=UserAgentInfo("Firefox", "121.0", "Windows", "10", "Other"),
+        )
+        await sink.insert("logs", [log], "t-logs")
+        await sink.insert("spans", [span], "t-spans")
+        await sink.insert("rum", [rum], "t-rum")
+        db = settings.clickhouse_database
+        exact_integers = " SETTINGS output_format_json_quote_64bit_integers=0"
+
+        async def row(sql: str) -> dict[str, Any]:
+            decoded: dict[str, Any] = msgspec.json.decode(
+                await sink.query_json_lines(sql + exact_integers)
+            )
+            return decoded
+
+        got = await row(
+            "SELECT tenant, id, toUnixTimestamp64Nano(ts) AS ts, "
+            "toUnixTimestamp64Nano(received_at) AS received_at, service, level, message, attrs, "
+            f"trace_id, span_id, host, geo_country, geo_city, geo_lat, geo_lon FROM `{db}`.logs"
+        )
+        assert got == {
+            "tenant": log.tenant,
+            "id": log.id,
+            "ts": log.ts,
+            "received_at": log.received_at,
+            "service": log.service,
+            "level": log.level,
+            "message": log.message,
+            "attrs": log.attrs,
+            "trace_id": log.trace_id,
+            "span_id": log.span_id,
+            "host": log.host,
+            "geo_country": "GB",
+            "geo_city": "London",
+            "geo_lat": 51.507351234567891,
+            "geo_lon": -0.127758,
+        }
+        got = await row(
+            "SELECT toUnixTimestamp64Nano(ts) AS ts, toUnixTimestamp64Nano(end_ts) AS end_ts, "
+            "duration_ns, trace_id, span_id, parent_span_id, service, name, kind, status, "
+            f"status_message, attrs FROM `{db}`.spans"
+        )
+        assert got == {
+            "ts": span.ts,
+            "end_ts": span.end_ts,
+            "duration_ns": span.duration_ns,
+            "trace_id": span.trace_id,
+            "span_id": span.span_id,
+            "parent_span_id": span.parent_span_id,
+            "service": span.service,
+            "name": span.name,
+            "kind": span.kind,
+            "status": span.status,
+            "status_message": span.status_message,
+            "attrs": span.attrs,
+        }
+        got = await row(
+            "SELECT session_id, type, url, referrer, user_id, metrics, error, attrs, geo_country, "
+            "geo_city, geo_lat, geo_lon, browser, browser_version, os, os_version, device "
+            f"FROM `{db}`.rum_events"
+        )
+        assert got == {
+            "session_id": rum.session_id,
+            "type": rum.type,
+            "url": rum.url,
+            "referrer": rum.referrer,
+            "user_id": rum.user_id,
+            "metrics": {"lcp": 1234.5678901234567, "cls": 0.1},
+            "error": rum.error,
+            "attrs": rum.attrs,
+            "geo_country": "JP",
+            "geo_city": "",
+            "geo_lat": None,
+            "geo_lon": None,
+            "browser": "Firefox",
+            "browser_version": "121.0",
+            "os": "Windows",
+            "os_version": "10",
+            "device": "Other",
+        }
+        await sink.insert("logs", [log], "t-logs")  # same token: deduplicated behind the view
+        assert await count_rows(sink, "logs") == (1, 1)
+    finally:
+        await sink.close()
 
 
 async def test_metrics_go_to_postgres_once_even_when_redelivered(

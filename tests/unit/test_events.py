@@ -8,7 +8,10 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from shared import events as events_module
 from shared.events import (
     MAX_ATTRS,
     MAX_ID_CHARS,
@@ -21,7 +24,7 @@ from shared.events import (
     parse_event,
     parse_timestamp,
 )
-from shared.schemas import Kind, Log, Metric, Rum, Span
+from shared.schemas import WIRE_TYPES, Kind, Log, Metric, Rum, Span
 
 TENANT = "acme"
 TS_NS = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
@@ -650,3 +653,61 @@ def test_client_id_kept_verbatim(kind: Kind, client_id: str) -> None:
 @pytest.mark.parametrize("kind", list(FACTORIES))
 def test_client_id_length_rejected(kind: Kind, client_id: str) -> None:
     assert "id" in rejected(kind, FACTORIES[kind](id=client_id))
+
+
+# --- the fast path (straight into the wire Struct) agrees with the general path ------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_field_values = st.sampled_from(
+    [
+        "2024-01-01T00:00:00Z",
+        "not a time",
+        1_704_067_200_000_000_000,
+        "0af7651916cd43dd8448eb211c80319c",
+        "b7ad6b7169203331",
+        "ok",
+        "page_view",
+        "server",
+        "counter",
+        1.5,
+        {"k": "v"},
+        {"n": 1},
+    ]
+)
+
+
+def _general(kind: Kind, raw: bytes) -> Any:
+    try:
+        wire, extras = events_module._decode_general(kind, raw)
+        event = events_module._build(wire, extras, "acme")
+        return msgspec.structs.replace(event, id=event.id or event_id(event))
+    except InvalidEvent as exc:
+        return ("invalid", str(exc))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["logs", "metrics", "spans", "rum"]),
+    known=st.data(),
+    unknown=st.dictionaries(st.text(max_size=6), _json_values, max_size=2),
+)
+def test_fast_path_agrees_with_general_path(
+    kind: Kind, known: st.DataObject, unknown: dict[str, Any]
+) -> None:
+    """A valid event of the kind, some fields replaced, maybe unknown fields added."""
+    fields = sorted(WIRE_TYPES[kind].__struct_fields__)
+    chosen = known.draw(
+        st.dictionaries(st.sampled_from(fields), _field_values | _json_values, max_size=2)
+    )
+    raw = msgspec.json.encode({**unknown, **FACTORIES[kind](), **chosen})
+    try:
+        fast: Any = parse_event(kind, raw, "acme")
+    except InvalidEvent as exc:
+        fast = ("invalid", str(exc))
+    assert fast == _general(kind, raw)

@@ -13,15 +13,28 @@ from services.writer.app import decode_batch, insert_isolating, insert_token
 from services.writer.rows import (
     CLICKHOUSE_DDL,
     CLICKHOUSE_TABLES,
+    INGEST_SCHEMA,
+    INGEST_SELECT,
     METRIC_COLUMNS,
-    column_names,
+    ingest_ddl,
+    ingest_table,
     nanos_to_datetime,
+    to_json_rows,
     to_metric_records,
-    to_rows,
 )
 from services.writer.sinks import RejectedBatch, RetryableSinkError, Sink, postgres_ddl
 from shared.consumer import Delivery
-from shared.schemas import CleanEvent, GeoInfo, Kind, Log, Metric, Rum, Span, UserAgentInfo
+from shared.schemas import (
+    CLEAN_TYPES,
+    CleanEvent,
+    GeoInfo,
+    Kind,
+    Log,
+    Metric,
+    Rum,
+    Span,
+    UserAgentInfo,
+)
 
 TS = 1_704_067_200_123_456_789  # 2024-01-01T00:00:00.123456789Z
 RECEIVED = TS + 1_000_000_500
@@ -113,62 +126,46 @@ def ddl_columns(kind: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
-def test_row_width_matches_column_names(kind: str) -> None:
-    (row,) = to_rows([EVENTS[kind]])
-    assert len(row) == len(column_names(kind))
+def select_columns(kind: str) -> list[str]:
+    return [column for column, _ in INGEST_SELECT[kind]]
 
 
 @pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
 def test_every_column_is_in_the_ddl(kind: str) -> None:
     ddl = CLICKHOUSE_DDL[kind]
     assert f".{CLICKHOUSE_TABLES[kind]} (" in ddl
-    for name in column_names(kind):
+    for name in select_columns(kind):
         assert re.search(rf"^ +{name} ", ddl, re.MULTILINE), f"{name} missing from {kind} DDL"
 
 
 @pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
-def test_ddl_has_no_column_the_rows_leave_out(kind: str) -> None:
-    assert sorted(ddl_columns(kind)) == sorted(column_names(kind))
+def test_ddl_has_no_column_the_view_leaves_out(kind: str) -> None:
+    assert sorted(ddl_columns(kind)) == sorted(select_columns(kind))
 
 
-def test_log_row_values() -> None:
-    (row,) = to_rows([make_log()])
-    values = dict(zip(column_names("logs"), row, strict=True))
-    assert values["ts"] == TS  # DateTime64(9): integer nanoseconds
-    assert values["received_at"] == RECEIVED
-    assert values["attrs"] == {"k": "v"}
-    assert (values["geo_country"], values["geo_city"]) == ("GB", "London")
-    assert (values["geo_lat"], values["geo_lon"]) == (51.5, -0.09)
+@pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
+def test_ingest_table_has_every_field_of_the_clean_event(kind: Kind) -> None:
+    """A field added to a clean Struct must reach the ingest table, or it would be dropped."""
+    top_level = re.sub(r"\([^()]*\)", "", re.sub(r"\([^()]*\)", "", INGEST_SCHEMA[kind]))
+    columns = [part.split()[0] for part in top_level.split(",")]
+    assert sorted(columns) == sorted(CLEAN_TYPES[kind].__struct_fields__)
 
 
-def test_span_row_values() -> None:
-    (row,) = to_rows([make_span()])
-    values = dict(zip(column_names("spans"), row, strict=True))
-    assert (values["ts"], values["end_ts"], values["duration_ns"]) == (TS, TS + 10, 10)
-    assert (values["kind"], values["status"], values["parent_span_id"]) == (
-        "server",
-        "error",
-        "00f067aa0ba902b7",
-    )
+@pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
+def test_json_rows_are_one_clean_event_per_line(kind: Kind) -> None:
+    lines = to_json_rows([EVENTS[kind], EVENTS[kind]]).split(b"\n")
+    assert [msgspec.json.decode(line, type=CLEAN_TYPES[kind]) for line in lines] == [
+        EVENTS[kind],
+        EVENTS[kind],
+    ]
 
 
-def test_rum_row_values() -> None:
-    (row,) = to_rows([make_rum()])
-    values = dict(zip(column_names("rum"), row, strict=True))
-    assert values["metrics"] == {"lcp": 1.5}
-    assert (values["geo_country"], values["geo_city"], values["geo_lat"]) == ("JP", "", None)
-    assert (values["browser"], values["os"], values["device"]) == ("Firefox", "Windows", "")
-
-
-def test_to_rows_keeps_order() -> None:
-    rows = to_rows([make_log(2), make_log(1)])
-    assert [r[1] for r in rows] == ["log-2", "log-1"]
-
-
-def test_column_names_unknown_kind() -> None:
-    with pytest.raises(KeyError):
-        column_names("metrics")
+def test_ingest_ddl_names_the_view_and_table() -> None:
+    null_table, view = ingest_ddl("`db`", "rum")
+    assert null_table.startswith(f"CREATE TABLE IF NOT EXISTS `db`.{ingest_table('rum')} (")
+    assert null_table.endswith("ENGINE = Null")
+    assert " TO `db`.rum_events AS SELECT " in view
+    assert "user_agent.browser AS browser" in view
 
 
 # --- PostgreSQL records --------------------------------------------------------------------------
