@@ -213,6 +213,7 @@ class Monitor(threading.Thread):
         super().__init__(daemon=True)
         self.pipeline = pipeline
         self.peak_rss: dict[str, int] = {}
+        self.peak_anon: dict[str, int] = {}
         self.cpu_start: dict[str, float] = {}
         self.cpu_end: dict[str, float] = {}
         self.rss_samples: list[tuple[float, dict[str, int]]] = []
@@ -256,11 +257,16 @@ class Monitor(threading.Thread):
             sample: dict[str, int] = {}
             for name, process in self.pipeline.processes.items():
                 try:
-                    rss = int(psutil.Process(process.pid).memory_info().rss)
+                    memory = psutil.Process(process.pid).memory_info()
+                    rss = int(memory.rss)
                 except psutil.Error:
                     continue
                 sample[name] = rss
                 self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
+                # RSS counts pages mapped from files too: chdb's ~550 MB library alone puts
+                # ~200 MiB there. Anonymous memory (RSS minus file-backed pages) is the heap.
+                anon = rss - int(memory.shared)
+                self.peak_anon[name] = max(self.peak_anon.get(name, 0), anon)
             self.rss_samples.append((time.monotonic() - started, sample))
             time.sleep(0.5)
 
@@ -386,6 +392,7 @@ def run_pipeline(
         latencies.finish()
         cpu: dict[str, float] = {}
         rss: dict[str, float] = {}
+        anon: dict[str, float] = {}
         for process_name in monitor.cpu_end:
             service = service_of(process_name)
             cpu[service] = cpu.get(service, 0.0) + (
@@ -394,6 +401,9 @@ def run_pipeline(
         for process_name in pipeline.processes:
             service = service_of(process_name)
             rss[service] = max(rss.get(service, 0.0), monitor.peak_rss.get(process_name, 0) / 2**20)
+            anon[service] = max(
+                anon.get(service, 0.0), monitor.peak_anon.get(process_name, 0) / 2**20
+            )
         lat = sorted(latencies.values_ms)
         return {
             "variant": name,
@@ -406,6 +416,7 @@ def run_pipeline(
             "cpu_s_per_million": {s: c / accepted * 1e6 for s, c in cpu.items()},
             "cores_busy": sum(cpu.values()) / monitor.wall_s,
             "peak_rss_mib": rss,
+            "peak_anon_mib": anon,
             "rss_samples": monitor.rss_samples,
         }
     finally:
@@ -543,6 +554,8 @@ def table(limits: dict[str, float], results: list[dict[str, Any]]) -> str:
             f"  cores busy (all of the above)   {r['cores_busy']:.2f} of {os.cpu_count()}",
             "  peak RSS MiB                    "
             + "  ".join(f"{s}={v:.0f}" for s, v in sorted(r["peak_rss_mib"].items())),
+            "  peak anonymous MiB (heap)       "
+            + "  ".join(f"{s}={v:.0f}" for s, v in sorted(r["peak_anon_mib"].items())),
             "",
         ]
     return "\n".join(lines)

@@ -115,7 +115,8 @@ class Normalizer(StoppableWorker):
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             for kind in self.kinds:
-                tasks.create_task(self._run_kind(kind))
+                for index in range(max(1, self.settings.normalizer_consumers)):
+                    tasks.create_task(self._run_kind(kind, f"{self.consumer}-{index}"))
             tasks.create_task(
                 self.trim_loop(
                     self.streams,
@@ -124,13 +125,13 @@ class Normalizer(StoppableWorker):
                 )
             )
 
-    async def _run_kind(self, kind: Kind) -> None:
+    async def _run_kind(self, kind: Kind, consumer: str) -> None:
         raw = self.keys.stream(kind, "raw")
         clean = self.keys.stream(kind, "clean")
         reader = StreamReader(
-            self.redis, raw, self.group, self.consumer, claim_idle_ms=self.settings.claim_idle_ms
+            self.redis, raw, self.group, consumer, claim_idle_ms=self.settings.claim_idle_ms
         )
-        bound = log.bind(stream=raw, consumer=self.consumer)
+        bound = log.bind(stream=raw, consumer=consumer)
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_max_s)
         group_ready = False
         watermark_checked_at = -WATERMARK_CHECK_S

@@ -156,7 +156,7 @@ async def test_two_replicas_share_the_stream_without_duplicates(
     ids = [fields[b"id"] for _, fields in clean]
     assert len(ids) == n == len(set(ids))
     consumers = await redis.xinfo_consumers(keys.stream("logs", "raw"), "normalizers")
-    assert {c["name"] for c in consumers} == {b"n1", b"n2"}
+    assert {c["name"] for c in consumers} == {b"n1-0", b"n1-1", b"n2-0", b"n2-1"}
 
 
 async def test_entries_of_a_dead_consumer_are_claimed(
@@ -182,7 +182,7 @@ async def test_entry_delivered_too_often_is_dead_lettered(
     await append_raw(redis, keys, "logs", [msgspec.json.encode(log_event(1))])
     await ensure_group(redis, raw, "normalizers")
     for _ in range(settings.max_deliveries + 1):
-        await redis.xreadgroup("normalizers", "n1", {raw: "0" if _ else ">"}, count=10)
+        await redis.xreadgroup("normalizers", "n1-0", {raw: "0" if _ else ">"}, count=10)
     async with running(normalizer(settings, redis, "n1")):
         await wait_for_len(redis, keys.stream("logs", "dlq"), 1)
     [(_, fields)] = await xrange(redis, keys.stream("logs", "dlq"))
