@@ -31,7 +31,8 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,10 @@ import redis as syncredis
 from services.writer.rows import METRIC_COLUMNS, to_metric_records
 from services.writer.sinks import ClickHouseSink, postgres_ddl
 from shared.events import parse_event
-from shared.schemas import Log, Metric
+from shared.schemas import ApiKey, Log, Metric
 from shared.signing import signed_headers
 from tests.harness import STANDARD_TOPOLOGY, Pipeline
-from tests.helpers import ndjson
+from tests.helpers import ndjson, stored
 from tests.servers import PG_DSN, REDIS_URL
 
 USER_AGENTS = [
@@ -159,9 +160,12 @@ def clickhouse_insert_limit(n: int, events: list[Log]) -> float:
     async def run() -> float:
         sink = ClickHouseSink(dsn, database, 0)
         await sink.start()
-        rows = [
-            msgspec.structs.replace(e, id=f"{i}") for i, e in enumerate(events * (n // len(events)))
-        ]
+        rows = stored(
+            [
+                msgspec.structs.replace(e, id=f"{i}")
+                for i, e in enumerate(events * (n // len(events)))
+            ]
+        )
         started = time.perf_counter()
         for chunk in range(0, len(rows), 5000):
             await sink.insert("logs", rows[chunk : chunk + 5000], uuid.uuid4().hex)
@@ -219,6 +223,7 @@ class Monitor(threading.Thread):
         self.rss_samples: list[tuple[float, dict[str, int]]] = []
         self.wall_start = 0.0
         self.wall_s = 0.0
+        self.thread_cpu: dict[str, dict[str, float]] = {}
         self.done = threading.Event()
 
     def _cpu(self, pid: int) -> float:
@@ -235,7 +240,8 @@ class Monitor(threading.Thread):
             client.close()
         return {
             "redis-server": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
-            "load-generator": self._cpu(os.getpid()),
+            # with its sender processes, once they have exited
+            "load-generator": self._cpu(os.getpid()) + children_cpu(),
         }
 
     def start_counting(self) -> None:
@@ -247,6 +253,7 @@ class Monitor(threading.Thread):
     def stop_counting(self) -> None:
         for name, process in self.pipeline.processes.items():
             self.cpu_end[name] = self._cpu(process.pid)
+            self.thread_cpu[name] = thread_cpu(process.pid)
         self.cpu_end.update(self._shared_cpu())
         self.wall_s = time.monotonic() - self.wall_start
         self.done.set()
@@ -269,6 +276,25 @@ class Monitor(threading.Thread):
                 self.peak_anon[name] = max(self.peak_anon.get(name, 0), anon)
             self.rss_samples.append((time.monotonic() - started, sample))
             time.sleep(0.5)
+
+
+def children_cpu() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.children_user + times.children_system)
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds since start per thread name (Linux /proc): the Python thread vs chdb's own."""
+    out: dict[str, float] = {}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return dict(sorted(out.items(), key=lambda item: -item[1]))
 
 
 def service_of(process_name: str) -> str:
@@ -321,6 +347,54 @@ def start_py_spy(pipeline: Pipeline, directory: Path) -> list[subprocess.Popen[b
     ]
 
 
+class Pace(msgspec.Struct, frozen=True):
+    """When each sender may send its n-th request (no pacing without a rate)."""
+
+    started: float
+    rate: float | None
+    senders: int
+
+    def wait(self, index: int) -> None:
+        if self.rate:
+            due = self.started + (index * self.senders * 500) / self.rate
+            time.sleep(max(0.0, due - time.monotonic()))
+
+
+def send_share(
+    url: str,
+    key: ApiKey,
+    share: list[Batch],
+    pace: Pace,
+    record: Callable[[Batch, int], None] | None = None,
+) -> int:
+    """Send each batch until it is accepted (202); returns the events sent."""
+    done = 0
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for index, batch in enumerate(share):
+            pace.wait(index)
+            path = f"/v1/ingest/{batch.kind}"
+            while True:
+                first_sent = time.time_ns()
+                signed = signed_headers(key.key_id, key.secret, "POST", path, batch.body)
+                response = client.post(
+                    path,
+                    content=batch.body,
+                    headers={
+                        "Content-Type": "application/x-ndjson",
+                        "User-Agent": batch.user_agent,
+                        "X-Forwarded-For": batch.client_ip,
+                        **signed,
+                    },
+                )
+                if response.status_code == 202:
+                    break
+                time.sleep(float(response.headers.get("retry-after", "1")))
+            done += batch.body.count(b"\n")
+            if record is not None:
+                record(batch, first_sent)
+    return done
+
+
 def run_pipeline(
     name: str,
     topology: tuple[tuple[str, tuple[str, ...]], ...],
@@ -339,8 +413,13 @@ def run_pipeline(
     per_kind = total // len(kinds)
     batches = make_batches(kinds, per_kind)
     spies: list[subprocess.Popen[bytes]] = []
+    gateway_only = all(args[0] == "gateway" for _, args in topology)
     try:
-        pipeline.start_standard(topology)
+        if gateway_only:
+            pipeline.start("gateway", "gateway")
+            pipeline.wait_http(pipeline.url + "/healthz")
+        else:
+            pipeline.start_standard(topology)
         key = pipeline.create_key()
         if py_spy is not None:
             spies = start_py_spy(pipeline, py_spy)
@@ -349,47 +428,38 @@ def run_pipeline(
         sent_at: dict[str, int] = {}
         lock = threading.Lock()
         started = time.monotonic()
+        pace = Pace(started, rate, senders)
+        if gateway_only:
+            # Nothing to measure downstream: sender processes, so the load generator's GIL
+            # cannot be what limits the gateway.
+            with ProcessPoolExecutor(senders) as processes:
+                futures = [
+                    processes.submit(send_share, pipeline.url, key, batches[i::senders], pace)
+                    for i in range(senders)
+                ]
+                accepted = sum(f.result() for f in futures)
+        else:
 
-        def send_share(share: list[Batch]) -> int:
-            done = 0
-            with httpx.Client(base_url=pipeline.url, timeout=60) as client:
-                for index, batch in enumerate(share):
-                    if rate:
-                        due = started + (index * senders * 500) / rate
-                        time.sleep(max(0.0, due - time.monotonic()))
-                    path = f"/v1/ingest/{batch.kind}"
-                    while True:
-                        first_sent = time.time_ns()
-                        signed = signed_headers(key.key_id, key.secret, "POST", path, batch.body)
-                        response = client.post(
-                            path,
-                            content=batch.body,
-                            headers={
-                                "Content-Type": "application/x-ndjson",
-                                "User-Agent": batch.user_agent,
-                                "X-Forwarded-For": batch.client_ip,
-                                **signed,
-                            },
-                        )
-                        if response.status_code == 202:
-                            break
-                        time.sleep(float(response.headers.get("retry-after", "1")))
-                    done += batch.body.count(b"\n")
-                    with lock:
-                        for event_id in batch.sampled_ids:
-                            sent_at[f"{batch.kind}:{event_id}"] = first_sent
-            return done
+            def record(batch: Batch, first_sent: int) -> None:
+                with lock:
+                    for event_id in batch.sampled_ids:
+                        sent_at[f"{batch.kind}:{event_id}"] = first_sent
 
-        latencies = LatencyProbe(pipeline, sent_at, lock)
-        latencies.start()
-        with ThreadPoolExecutor(senders) as pool:
-            futures = [pool.submit(send_share, batches[i::senders]) for i in range(senders)]
-            accepted = sum(f.result() for f in futures)
+            latencies = LatencyProbe(pipeline, sent_at, lock)
+            latencies.start()
+            with ThreadPoolExecutor(senders) as pool:
+                futures = [
+                    pool.submit(send_share, pipeline.url, key, batches[i::senders], pace, record)
+                    for i in range(senders)
+                ]
+                accepted = sum(f.result() for f in futures)
         sent_s = time.monotonic() - started
-        wait_rows(pipeline, kinds, per_kind)
+        if not gateway_only:
+            wait_rows(pipeline, kinds, per_kind)
         end_to_end_s = time.monotonic() - started
         monitor.stop_counting()
-        latencies.finish()
+        if not gateway_only:
+            latencies.finish()
         cpu: dict[str, float] = {}
         rss: dict[str, float] = {}
         anon: dict[str, float] = {}
@@ -404,19 +474,20 @@ def run_pipeline(
             anon[service] = max(
                 anon.get(service, 0.0), monitor.peak_anon.get(process_name, 0) / 2**20
             )
-        lat = sorted(latencies.values_ms)
+        lat = [] if gateway_only else sorted(latencies.values_ms)
         return {
             "variant": name,
             "kinds": list(kinds),
             "events": accepted,
             "gateway_events_per_s": accepted / sent_s,
-            "end_to_end_events_per_s": accepted / end_to_end_s,
+            "end_to_end_events_per_s": None if gateway_only else accepted / end_to_end_s,
             "latency_ms": {p: percentile(lat, p) for p in (50, 95, 99)},
             "latency_samples": len(lat),
             "cpu_s_per_million": {s: c / accepted * 1e6 for s, c in cpu.items()},
             "cores_busy": sum(cpu.values()) / monitor.wall_s,
             "peak_rss_mib": rss,
             "peak_anon_mib": anon,
+            "thread_cpu_s_since_start": monitor.thread_cpu,
             "rss_samples": monitor.rss_samples,
         }
     finally:
@@ -540,15 +611,20 @@ def table(limits: dict[str, float], results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         lines += [
-            f"pipeline: {r['variant']} ({r['events']:,} events)",
+            f"pipeline: {r['variant']} ({r['events']:,} {'+'.join(r['kinds'])} events)",
             f"  gateway accepted               {r['gateway_events_per_s']:>10,.0f} events/s"
             f"  ({r['gateway_events_per_s'] / limits['redis_xadd_per_s']:.0%} of redis XADD)",
-            f"  end to end (send -> queryable) {r['end_to_end_events_per_s']:>10,.0f} events/s"
-            f"  ({r['end_to_end_events_per_s'] / limits['clickhouse_rows_per_s']:.0%}"
-            " of clickhouse insert)",
-            f"  ingest->queryable latency ms   p50 {r['latency_ms'][50]:.0f}"
-            f"  p95 {r['latency_ms'][95]:.0f}  p99 {r['latency_ms'][99]:.0f}"
-            f"  ({r['latency_samples']} sampled events)",
+        ]
+        if r["end_to_end_events_per_s"] is not None:
+            lines += [
+                f"  end to end (send -> queryable) {r['end_to_end_events_per_s']:>10,.0f} events/s"
+                f"  ({r['end_to_end_events_per_s'] / limits['clickhouse_rows_per_s']:.0%}"
+                " of clickhouse insert)",
+                f"  ingest->queryable latency ms   p50 {r['latency_ms'][50]:.0f}"
+                f"  p95 {r['latency_ms'][95]:.0f}  p99 {r['latency_ms'][99]:.0f}"
+                f"  ({r['latency_samples']} sampled events)",
+            ]
+        lines += [
             "  CPU s per 1M events             "
             + "  ".join(f"{s}={v:.1f}" for s, v in sorted(r["cpu_s_per_million"].items())),
             f"  cores busy (all of the above)   {r['cores_busy']:.2f} of {os.cpu_count()}",
@@ -573,7 +649,9 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--kinds", default="logs,metrics,spans,rum")
     parser.add_argument(
-        "--variants", default="up,replicas", help="up (rivulet up topology), replicas, or both"
+        "--variants",
+        default="gateway,up,replicas",
+        help="gateway (alone), up (rivulet up topology), replicas; comma-separated",
     )
     parser.add_argument(
         "--py-spy", metavar="DIR", help="collapsed stacks of every service, for flamegraphs"
@@ -648,6 +726,7 @@ UP_TOPOLOGY: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 VARIANTS: dict[str, tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]] = {
+    "gateway": ("gateway alone (nothing downstream)", (("gateway", ("gateway",)),)),
     "up": ("rivulet up defaults (1 normalizer, 1 writer)", UP_TOPOLOGY),
     "replicas": ("2 normalizers + 2 metrics writers", STANDARD_TOPOLOGY),
 }

@@ -124,7 +124,9 @@ def _string_map(values: dict[str, Any], field: str) -> dict[str, str]:
         if len(key) > MAX_KEY_CHARS:
             raise InvalidEvent(f"{field}: key longer than {MAX_KEY_CHARS} characters")
         text = value if isinstance(value, str) else _value_encoder.encode(value).decode()
-        out[key] = _text(text, f"{field}.{key[:64]}")
+        if len(text) > MAX_TEXT_CHARS:  # inline: the error's name is built only when needed
+            raise InvalidEvent(f"{field}.{key[:64]}: longer than {MAX_TEXT_CHARS} characters")
+        out[key] = text
     return out
 
 

@@ -253,6 +253,17 @@ class CleanEntry(msgspec.Struct, frozen=True):
     body: bytes
 
 
+class StoredEvent(msgspec.Struct, frozen=True):
+    """A clean event as a writer holds it: the key its sinks and dead letters need, and the body
+    exactly as the normalizer wrote it (each sink decodes only what its store needs)."""
+
+    tenant: str
+    id: str
+    ts: int
+    received_at: int
+    body: bytes
+
+
 class DeadLetter(msgspec.Struct, frozen=True):
     """One entry of `rivulet:{KIND}:dlq`: the failed body, why, where and after how many tries."""
 

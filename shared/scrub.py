@@ -81,6 +81,11 @@ _NUMERIC_RE: Final = re.compile(
 )
 
 
+# What every `_NUMERIC_RE` match needs, far cheaper to look for: an IPv4 address has three dots,
+# a card candidate twelve digits, spaces or dashes in a row (it starts with a digit).
+_CARD_HINT: Final = re.compile(r"[0-9][0-9 -]{11}")
+
+
 def _luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -135,7 +140,7 @@ def scrub_text(text: str) -> str:
         out = _EMAIL_RE.sub(_EMAIL, out)
     if "::" in out or out.count(":") >= 7:
         out = _IPV6_RE.sub(_ipv6_sub, out)
-    if len(out) >= 7:
+    if out.count(".") >= 3 or _CARD_HINT.search(out) is not None:
         out = _NUMERIC_RE.sub(_numeric_sub, out)
     # Rejected candidates make `sub` build an equal copy; hand back the caller's object.
     return text if out == text else out

@@ -214,13 +214,23 @@ end
 if redis.call('EXISTS', KEYS[4]) == 1 then return {'replay', '1'} end
 if redis.call('XLEN', raw) >= tonumber(ARGV[1]) then return {'backlog', '1'} end
 local events = cmsgpack.unpack(ARGV[14])
-local seen_prefix = ARGV[13]
+local seen = {}
+for i = 1, #events do seen[i] = ARGV[13] .. events[i][1] end
+-- The common batch holds no resend: one EXISTS per 500 keys says so; only a batch with a
+-- resend is checked key by key.
+local any_seen = false
+for i = 1, #seen, 500 do
+  if redis.call('EXISTS', unpack(seen, i, math.min(i + 499, #seen))) > 0 then
+    any_seen = true
+    break
+  end
+end
 local fresh = {}
 local dups = 0
 local in_batch = {}
 for i = 1, #events do
-  local k = seen_prefix .. events[i][1]
-  if in_batch[k] or redis.call('EXISTS', k) == 1 then
+  local k = seen[i]
+  if in_batch[k] or (any_seen and redis.call('EXISTS', k) == 1) then
     dups = dups + 1
   else
     in_batch[k] = true

@@ -12,7 +12,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from shared.apikeys import KeyStore
-from shared.schemas import ApiKey
+from shared.schemas import ApiKey, CleanEvent, StoredEvent
 from shared.signing import signed_headers
 from shared.streams import Keys
 
@@ -21,6 +21,13 @@ NOW_NS = time.time_ns()
 
 async def make_key(redis: aioredis.Redis, namespace: str, tenant: str = "acme") -> ApiKey:
     return await KeyStore(redis, Keys(namespace).api_keys).create(tenant)
+
+
+def stored(events: Sequence[CleanEvent]) -> list[StoredEvent]:
+    """Clean events as a writer holds them after reading the clean stream."""
+    return [
+        StoredEvent(e.tenant, e.id, e.ts, e.received_at, msgspec.json.encode(e)) for e in events
+    ]
 
 
 def ndjson(events: Sequence[dict[str, Any]]) -> bytes:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import typing
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -35,7 +36,15 @@ from shared.consumer import Delivery, StreamReader, ensure_group
 from shared.metrics import WorkerMetrics
 from shared.profile_streams import decode_clean_profile, encode_clean_profile
 from shared.retry import Backoff
-from shared.schemas import CLEAN_TYPES, PROFILES, CleanEvent, CleanProfile, DeadLetter, Kind
+from shared.schemas import (
+    CLEAN_TYPES,
+    PROFILES,
+    CleanEvent,
+    CleanProfile,
+    DeadLetter,
+    Kind,
+    StoredEvent,
+)
 from shared.streams import (
     Keys,
     MalformedEntry,
@@ -50,22 +59,35 @@ log = structlog.get_logger()
 
 
 class DecodedBatch(msgspec.Struct, frozen=True):
-    events: list[CleanEvent]
+    events: list[StoredEvent]
     entry_ids: list[bytes]
     undecodable: list[DeadLetter]
 
 
-_DECODERS: Final = {kind: msgspec.json.Decoder(clean) for kind, clean in CLEAN_TYPES.items()}
+def _required_fields(clean: type[CleanEvent]) -> msgspec.json.Decoder[Any]:
+    """A decoder of the fields every clean event of this kind has (a body of another kind, or
+    one missing a key, fails); the other fields are decoded only by the store that needs them."""
+    hints = typing.get_type_hints(clean)
+    fields = clean.__struct_fields__
+    required = fields[: len(fields) - len(clean.__struct_defaults__)]
+    shape = msgspec.defstruct(f"{clean.__name__}Key", [(name, hints[name]) for name in required])
+    return msgspec.json.Decoder(shape)
+
+
+_KEY_DECODERS: Final = {kind: _required_fields(clean) for kind, clean in CLEAN_TYPES.items()}
 
 
 def decode_batch(kind: Kind, deliveries: Sequence[Delivery]) -> DecodedBatch:
-    """Pure: clean entries -> events; an entry that does not decode is a dead letter."""
-    decoder = _DECODERS[kind]
-    events: list[CleanEvent] = []
+    """Pure: clean entries -> stored events (body kept as written); an entry that does not decode
+    is a dead letter."""
+    decoder = _KEY_DECODERS[kind]
+    events: list[StoredEvent] = []
     dead: list[DeadLetter] = []
     for delivery in deliveries:
         try:
-            events.append(decoder.decode(decode_clean(delivery.fields).body))
+            entry = decode_clean(delivery.fields)
+            key = decoder.decode(entry.body)
+            events.append(StoredEvent(key.tenant, key.id, key.ts, entry.received_at, entry.body))
         except (MalformedEntry, msgspec.DecodeError) as exc:
             dead.append(
                 salvage_dead_letter(
@@ -111,7 +133,7 @@ def decode_profile_batch(deliveries: Sequence[Delivery]) -> DecodedProfiles:
     return DecodedProfiles(records, [d.id for d in deliveries], dead)
 
 
-def insert_token(events: Sequence[CleanEvent]) -> str:
+def insert_token(events: Sequence[StoredEvent]) -> str:
     digest = hashlib.sha256()
     for event in events:
         digest.update(event.tenant.encode())
@@ -142,12 +164,9 @@ def _dead_letter(
     )
 
 
-_encoder = msgspec.json.Encoder()
-
-
 async def insert_isolating(
-    sink: Sink, kind: Kind, events: Sequence[CleanEvent]
-) -> list[tuple[CleanEvent, str]]:
+    sink: Sink, kind: Kind, events: Sequence[StoredEvent]
+) -> list[tuple[StoredEvent, str]]:
     """Insert; when the store refuses the batch, bisect until the refused rows stand alone.
 
     Returns the refused events with the store's reason. RetryableSinkError propagates.
@@ -324,7 +343,7 @@ class Writer(StoppableWorker):
                     event.tenant,
                     event.id,
                     event.received_at,
-                    _encoder.encode(event),
+                    event.body,
                     reason,
                     1,
                 )

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 import msgspec
 
-from shared.schemas import CleanEvent, Metric
+from shared.schemas import Metric, StoredEvent
 
 CLICKHOUSE_TABLES: Final = {"logs": "logs", "spans": "spans", "rum": "rum_events"}
 
@@ -219,12 +219,9 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _labels_encoder: Final = msgspec.json.Encoder(order="sorted")
 
 
-_json_rows: Final = msgspec.json.Encoder()
-
-
-def to_json_rows(events: Sequence[CleanEvent]) -> bytes:
+def to_json_rows(events: Sequence[StoredEvent]) -> bytes:
     """JSONEachRow for a kind's ingest table: each clean event as the normalizer wrote it."""
-    return b"\n".join(_json_rows.encode(event) for event in events)
+    return b"\n".join(event.body for event in events)
 
 
 def nanos_to_datetime(nanos: int) -> dt.datetime:

@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 import asyncpg
 import clickhouse_connect
+import msgspec
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, ProgrammingError
 
@@ -48,7 +49,7 @@ from services.writer.rows import (
     to_json_rows,
     to_metric_records,
 )
-from shared.schemas import CleanEvent, CleanProfile, Kind, Metric
+from shared.schemas import CleanProfile, Kind, Metric, StoredEvent
 
 T = TypeVar("T")
 
@@ -66,9 +67,9 @@ class Sink(Protocol):
 
     async def start(self) -> None: ...
 
-    async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None: ...
+    async def insert(self, kind: Kind, events: Sequence[StoredEvent], token: str) -> None: ...
 
-    async def existing_ids(self, kind: Kind, events: Sequence[CleanEvent]) -> set[str]: ...
+    async def existing_ids(self, kind: Kind, events: Sequence[StoredEvent]) -> set[str]: ...
 
     async def close(self) -> None: ...
 
@@ -167,7 +168,7 @@ class ClickHouseSink:
         except Exception as exc:
             raise classify_clickhouse(exc) from exc
 
-    async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None:
+    async def insert(self, kind: Kind, events: Sequence[StoredEvent], token: str) -> None:
         table = f"`{self.database}`.{ingest_table(kind)}"
         rows = to_json_rows(events)
 
@@ -185,7 +186,7 @@ class ClickHouseSink:
         except Exception as exc:
             raise classify_clickhouse(exc) from exc
 
-    async def existing_ids(self, kind: Kind, events: Sequence[CleanEvent]) -> set[str]:
+    async def existing_ids(self, kind: Kind, events: Sequence[StoredEvent]) -> set[str]:
         if not events:
             return set()
         table = f"`{self.database}`.{CLICKHOUSE_TABLES[kind]}"
@@ -391,6 +392,9 @@ def postgres_ddl(schema: str, timescale: bool) -> list[str]:
     return statements + histogram_ddl(schema, timescale)  # services/writer/histograms.py
 
 
+_metric_decoder: Final = msgspec.json.Decoder(Metric)
+
+
 class PostgresSink:
     """asyncpg: COPY into a per-connection temp table, then INSERT ... ON CONFLICT DO NOTHING."""
 
@@ -429,9 +433,13 @@ class PostgresSink:
         except Exception as exc:
             raise classify_postgres(exc) from exc
 
-    async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None:
-        metrics = [e for e in events if isinstance(e, Metric) and e.histogram is None]
-        histograms = [e for e in events if isinstance(e, Metric) and e.histogram is not None]
+    async def insert(self, kind: Kind, events: Sequence[StoredEvent], token: str) -> None:
+        try:
+            decoded = [_metric_decoder.decode(e.body) for e in events]
+        except msgspec.DecodeError as exc:
+            raise RejectedBatch(f"undecodable clean entry: {exc}") from exc
+        metrics = [m for m in decoded if m.histogram is None]
+        histograms = [m for m in decoded if m.histogram is not None]
         pool = await self._ensure_pool()
         columns = ", ".join(METRIC_COLUMNS)
         try:
@@ -454,7 +462,7 @@ class PostgresSink:
         except Exception as exc:
             raise classify_postgres(exc) from exc
 
-    async def existing_ids(self, kind: Kind, events: Sequence[CleanEvent]) -> set[str]:
+    async def existing_ids(self, kind: Kind, events: Sequence[StoredEvent]) -> set[str]:
         return set()  # ON CONFLICT DO NOTHING already makes re-inserts harmless
 
     async def close(self) -> None:

@@ -27,7 +27,7 @@ from services.writer.sinks import ClickHouseSink, PostgresSink
 from shared.config import Settings
 from shared.events import parse_event
 from shared.schemas import Kind
-from tests.helpers import log_event, metric_event
+from tests.helpers import log_event, metric_event, stored
 
 CLICKHOUSE_TABLES: Final = ("logs", "rum_events", "spans")
 
@@ -53,7 +53,7 @@ async def ch_sink(chdb_dsn: str, clickhouse_database: str) -> AsyncIterator[Clic
     try:
         await sink.start()  # creates the database and the writer's tables
         await sink.insert(
-            "logs", [clean("logs", log_event(i)) for i in range(3)], token="hostile-1"
+            "logs", stored([clean("logs", log_event(i)) for i in range(3)]), token="hostile-1"
         )
         yield sink
     finally:
@@ -197,7 +197,7 @@ async def test_a_query_through_the_query_port_leaves_the_writer_able_to_insert(
         read = await client.post("/query", content=b"SELECT 1 AS one")
     assert read.status_code == 200
 
-    await ch_sink.insert("logs", [clean("logs", log_event(7))], token="after-a-query")
+    await ch_sink.insert("logs", stored([clean("logs", log_event(7))]), token="after-a-query")
 
     assert (await clickhouse_state(observer))[2] == ["log-0", "log-1", "log-2", "log-7"]
 
@@ -229,7 +229,7 @@ async def pg_settings(settings: Settings, pg_dsn: str, pg_schema: str) -> AsyncI
     try:
         await sink.start()
         await sink.insert(
-            "metrics", [clean("metrics", metric_event(i)) for i in range(3)], token="t"
+            "metrics", stored([clean("metrics", metric_event(i)) for i in range(3)]), token="t"
         )
     finally:
         await sink.close()

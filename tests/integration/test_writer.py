@@ -25,7 +25,7 @@ from shared.consumer import ensure_group
 from shared.events import parse_event
 from shared.schemas import CleanEvent, GeoInfo, Kind, Log, Rum, Span, UserAgentInfo
 from shared.streams import Keys, StageCommit, Streams, flatten_read, xrange
-from tests.helpers import log_event, metric_event, rum_event, span_event
+from tests.helpers import log_event, metric_event, rum_event, span_event, stored
 
 FACTORIES: dict[Kind, Callable[..., dict[str, Any]]] = {
     "logs": log_event,
@@ -173,9 +173,9 @@ async def test_every_column_round_trips_through_the_ingest_view(settings: Settin
             geo=GeoInfo(country="JP"),
             user_agent=UserAgentInfo("Firefox", "121.0", "Windows", "10", "Other"),
         )
-        await sink.insert("logs", [log], "t-logs")
-        await sink.insert("spans", [span], "t-spans")
-        await sink.insert("rum", [rum], "t-rum")
+        await sink.insert("logs", stored([log]), "t-logs")
+        await sink.insert("spans", stored([span]), "t-spans")
+        await sink.insert("rum", stored([rum]), "t-rum")
         db = settings.clickhouse_database
         exact_integers = " SETTINGS output_format_json_quote_64bit_integers=0"
 
@@ -250,7 +250,7 @@ async def test_every_column_round_trips_through_the_ingest_view(settings: Settin
             "os_version": "10",
             "device": "Other",
         }
-        await sink.insert("logs", [log], "t-logs")  # same token: deduplicated behind the view
+        await sink.insert("logs", stored([log]), "t-logs")  # same token: deduplicated
         assert await count_rows(sink, "logs") == (1, 1)
     finally:
         await sink.close()
@@ -299,7 +299,7 @@ async def test_redelivered_batch_after_crash_is_not_duplicated(
     assert len(taken) == 200
     sink = clickhouse_sink(settings)
     await sink.start()
-    await sink.insert("logs", events[:100], "crashed-batch")
+    await sink.insert("logs", stored(events[:100]), "crashed-batch")
     # the restarted writer (same consumer name) re-reads its pending entries first
     async with running_writer(settings, redis, [sink], ["logs"]):
         await wait_acked(redis, namespace, "logs")

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # tests/unit has no __init__.py, so pytest's default (prepend) import mode only puts this directory
 # on sys.path; make the repository root importable (a no-op when it already is).
@@ -13,6 +15,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parents[2])
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from shared import scrub  # noqa: E402
 from shared.scrub import scrub_attrs, scrub_text  # noqa: E402
 
 # Strings that look a bit like PII but must come back untouched (and as the same object).
@@ -194,3 +197,11 @@ def test_attrs_unchanged_returns_equal_dict() -> None:
 def test_attrs_empty() -> None:
     attrs: dict[str, str] = {}
     assert scrub_attrs(attrs) == {}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0123456789 .-a:", max_size=40))
+def test_numeric_pass_is_skipped_only_when_it_cannot_match(text: str) -> None:
+    """The cheap check in front of the IPv4/card pass must never skip a possible match."""
+    if scrub._NUMERIC_RE.search(text) is not None:
+        assert text.count(".") >= 3 or scrub._CARD_HINT.search(text) is not None

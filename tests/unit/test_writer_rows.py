@@ -33,8 +33,10 @@ from shared.schemas import (
     Metric,
     Rum,
     Span,
+    StoredEvent,
     UserAgentInfo,
 )
+from tests.helpers import stored
 
 TS = 1_704_067_200_123_456_789  # 2024-01-01T00:00:00.123456789Z
 RECEIVED = TS + 1_000_000_500
@@ -153,7 +155,7 @@ def test_ingest_table_has_every_field_of_the_clean_event(kind: Kind) -> None:
 
 @pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
 def test_json_rows_are_one_clean_event_per_line(kind: Kind) -> None:
-    lines = to_json_rows([EVENTS[kind], EVENTS[kind]]).split(b"\n")
+    lines = to_json_rows(stored([EVENTS[kind], EVENTS[kind]])).split(b"\n")
     assert [msgspec.json.decode(line, type=CLEAN_TYPES[kind]) for line in lines] == [
         EVENTS[kind],
         EVENTS[kind],
@@ -238,7 +240,7 @@ def clean_fields(event: CleanEvent, kind: Kind, body: bytes | None = None) -> di
 def test_decode_batch_round_trip(kind: Kind) -> None:
     event = EVENTS[kind]
     batch = decode_batch(kind, [Delivery(b"1-0", clean_fields(event, kind))])
-    assert batch.events == [event]
+    assert batch.events == stored([event])
     assert batch.entry_ids == [b"1-0"]
     assert batch.undecodable == []
 
@@ -246,7 +248,7 @@ def test_decode_batch_round_trip(kind: Kind) -> None:
 def test_decode_batch_metrics() -> None:
     event = make_metric()
     batch = decode_batch("metrics", [Delivery(b"1-0", clean_fields(event, "metrics"))])
-    assert batch.events == [event]
+    assert batch.events == stored([event])
 
 
 @pytest.mark.parametrize(
@@ -267,7 +269,7 @@ def test_decode_batch_undecodable_is_dead_letter(body: bytes) -> None:
         Delivery(b"2-0", clean_fields(bad, "logs", body=body), deliveries=3),
     ]
     batch = decode_batch("logs", deliveries)
-    assert batch.events == [good]
+    assert batch.events == stored([good])
     assert batch.entry_ids == [b"1-0", b"2-0"]
     (letter,) = batch.undecodable
     assert letter.stage == "writer"
@@ -290,27 +292,29 @@ def test_decode_batch_malformed_fields_is_dead_letter() -> None:
 
 
 def test_insert_token_deterministic() -> None:
-    events = [make_log(1), make_log(2)]
+    events = stored([make_log(1), make_log(2)])
     token = insert_token(events)
-    assert token == insert_token([make_log(1), make_log(2)])
+    assert token == insert_token(stored([make_log(1), make_log(2)]))
     assert re.fullmatch(r"[0-9a-f]{64}", token)
 
 
 def test_insert_token_order_sensitive() -> None:
-    assert insert_token([make_log(1), make_log(2)]) != insert_token([make_log(2), make_log(1)])
+    assert insert_token(stored([make_log(1), make_log(2)])) != insert_token(
+        stored([make_log(2), make_log(1)])
+    )
 
 
 def test_insert_token_depends_on_tenant_and_id_only() -> None:
-    base = insert_token([make_log(1)])
-    assert insert_token([make_log(1, message="other")]) == base
-    assert insert_token([make_log(1, tenant="other")]) != base
-    assert insert_token([make_log(1), make_log(1)]) != base
+    base = insert_token(stored([make_log(1)]))
+    assert insert_token(stored([make_log(1, message="other")])) == base
+    assert insert_token(stored([make_log(1, tenant="other")])) != base
+    assert insert_token(stored([make_log(1), make_log(1)])) != base
 
 
 def test_insert_token_field_boundaries() -> None:
     a = msgspec.structs.replace(make_log(), tenant="ab", id="c")
     b = msgspec.structs.replace(make_log(), tenant="a", id="bc")
-    assert insert_token([a]) != insert_token([b])
+    assert insert_token(stored([a])) != insert_token(stored([b]))
 
 
 # --- insert_isolating ----------------------------------------------------------------------------
@@ -324,29 +328,29 @@ class FakeSink:
     def __init__(self, retryable_on_call: int | None = None) -> None:
         self.retryable_on_call = retryable_on_call
         self.calls: list[tuple[list[str], str]] = []
-        self.stored: list[CleanEvent] = []
+        self.stored: list[StoredEvent] = []
 
     async def start(self) -> None:
         return None
 
-    async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None:
+    async def insert(self, kind: Kind, events: Sequence[StoredEvent], token: str) -> None:
         self.calls.append(([e.id for e in events], token))
         if self.retryable_on_call is not None and len(self.calls) >= self.retryable_on_call:
             raise RetryableSinkError("database away")
-        poison = [e.id for e in events if isinstance(e, Log) and e.message == "poison"]
+        poison = [e.id for e in events if b'"message":"poison"' in e.body]
         if poison:
             raise RejectedBatch(f"Code: 27. cannot parse {poison[0]}")
         self.stored.extend(events)
 
-    async def existing_ids(self, kind: Kind, events: Sequence[CleanEvent]) -> set[str]:
+    async def existing_ids(self, kind: Kind, events: Sequence[StoredEvent]) -> set[str]:
         return set()
 
     async def close(self) -> None:
         return None
 
 
-def batch_with_poison(size: int, poison_at: Sequence[int]) -> list[CleanEvent]:
-    return [make_log(i, message="poison" if i in poison_at else "ok") for i in range(size)]
+def batch_with_poison(size: int, poison_at: Sequence[int]) -> list[StoredEvent]:
+    return stored([make_log(i, message="poison" if i in poison_at else "ok") for i in range(size)])
 
 
 def test_fake_sink_is_a_sink() -> None:
@@ -404,7 +408,7 @@ async def test_insert_isolating_retryable_propagates(retryable_on_call: int) -> 
 
 async def test_insert_isolating_other_errors_propagate() -> None:
     class Broken(FakeSink):
-        async def insert(self, kind: Kind, events: Sequence[CleanEvent], token: str) -> None:
+        async def insert(self, kind: Kind, events: Sequence[StoredEvent], token: str) -> None:
             raise RuntimeError("bug")
 
     with pytest.raises(RuntimeError):
