@@ -69,9 +69,6 @@ MESSAGES = [
     "retrying upstream call attempt={n} token=abc{n}",
 ]
 LATENCY_SAMPLE_EVERY = 50
-# The probe's queries run on the writer's one chdb thread, between its inserts: polling faster
-# costs the pipeline it measures. Latencies are therefore upper bounds, 0.25 s resolution.
-PROBE_INTERVAL_S = 0.25
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -445,8 +442,6 @@ def run_pipeline(
                     for event_id in batch.sampled_ids:
                         sent_at[f"{batch.kind}:{event_id}"] = first_sent
 
-            latencies = LatencyProbe(pipeline, sent_at, lock)
-            latencies.start()
             with ThreadPoolExecutor(senders) as pool:
                 futures = [
                     pool.submit(send_share, pipeline.url, key, batches[i::senders], pace, record)
@@ -458,8 +453,6 @@ def run_pipeline(
             wait_rows(pipeline, kinds, per_kind)
         end_to_end_s = time.monotonic() - started
         monitor.stop_counting()
-        if not gateway_only:
-            latencies.finish()
         cpu: dict[str, float] = {}
         rss: dict[str, float] = {}
         anon: dict[str, float] = {}
@@ -474,7 +467,7 @@ def run_pipeline(
             anon[service] = max(
                 anon.get(service, 0.0), monitor.peak_anon.get(process_name, 0) / 2**20
             )
-        lat = [] if gateway_only else sorted(latencies.values_ms)
+        lat = [] if gateway_only else sorted(latencies_ms(pipeline, sent_at))
         return {
             "variant": name,
             "kinds": list(kinds),
@@ -500,53 +493,32 @@ def run_pipeline(
         pipeline.cleanup()
 
 
-class LatencyProbe(threading.Thread):
-    """Polls for sampled events until each is queryable; latency = first seen - sent."""
-
-    def __init__(self, pipeline: Pipeline, sent_at: dict[str, int], lock: threading.Lock) -> None:
-        super().__init__(daemon=True)
-        self.pipeline = pipeline
-        self.sent_at = sent_at
-        self.lock = lock
-        self.seen: set[str] = set()
-        self.values_ms: list[float] = []
-        self.stop = threading.Event()
-
-    def finish(self) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(self.seen) < len(self.sent_at):
-            time.sleep(0.2)
-        self.stop.set()
-        self.join(5)
-
-    def run(self) -> None:
-        query_url = f"http://127.0.0.1:{self.pipeline.query_port}/query"
-        tables = {"logs": "logs", "spans": "spans", "rum": "rum_events"}
-        with httpx.Client(timeout=10) as client:
-            while not self.stop.is_set():
-                with self.lock:
-                    waiting = [k for k in self.sent_at if k not in self.seen]
-                by_kind: dict[str, list[str]] = {}
-                for key in waiting[:2000]:
-                    kind, _, event_id = key.partition(":")
-                    by_kind.setdefault(kind, []).append(event_id)
-                for kind, ids in by_kind.items():
-                    if kind not in tables:
-                        continue  # metrics latency is not sampled: PostgreSQL, no query port
-                    listed = ",".join(f"'{i}'" for i in ids)
-                    sql = f"SELECT id FROM rivulet.{tables[kind]} WHERE id IN ({listed})"
-                    try:
-                        body = client.post(query_url, content=sql.encode()).content
-                    except httpx.TransportError:
-                        continue
-                    now = time.time_ns()
-                    for line in body.splitlines():
-                        event_id = json.loads(line)["id"]
-                        key = f"{kind}:{event_id}"
-                        if key not in self.seen:
-                            self.seen.add(key)
-                            self.values_ms.append((now - self.sent_at[key]) / 1e6)
-                time.sleep(PROBE_INTERVAL_S)
+def latencies_ms(pipeline: Pipeline, sent_at: dict[str, int]) -> list[float]:
+    """Per sampled event: when the engine took its row (`inserted_at`, set by the table's
+    default as the insert that made it queryable began) minus when its request was first sent.
+    Read once, after the run, so measuring costs the pipeline nothing. Metrics (PostgreSQL) are
+    not sampled."""
+    tables = {"logs": "logs", "spans": "spans", "rum": "rum_events"}
+    by_kind: dict[str, list[str]] = {}
+    for key in sent_at:
+        kind, _, event_id = key.partition(":")
+        if kind in tables:
+            by_kind.setdefault(kind, []).append(event_id)
+    values: list[float] = []
+    with httpx.Client(timeout=60) as client:
+        for kind, ids in by_kind.items():
+            for start in range(0, len(ids), 5000):
+                listed = ",".join(f"'{i}'" for i in ids[start : start + 5000])
+                sql = (
+                    f"SELECT id, toUnixTimestamp64Milli(inserted_at) AS at "
+                    f"FROM rivulet.{tables[kind]} WHERE id IN ({listed}) "
+                    "SETTINGS output_format_json_quote_64bit_integers = 0"
+                )
+                url = f"http://127.0.0.1:{pipeline.query_port}/query"
+                for line in client.post(url, content=sql.encode()).content.splitlines():
+                    row = json.loads(line)
+                    values.append(row["at"] - sent_at[f"{kind}:{row['id']}"] / 1e6)
+    return values
 
 
 def wait_rows(pipeline: Pipeline, kinds: tuple[str, ...], per_kind: int) -> None:

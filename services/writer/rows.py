@@ -23,6 +23,11 @@ _GEO_COLUMNS = """
     geo_lat Nullable(Float64),
     geo_lon Nullable(Float64),"""
 
+# When the engine took the row (the insert that made it queryable started then): ingest lag is
+# `inserted_at - received_at`, and the benchmark's ingest->queryable latency is read from it.
+# Filled by its default, never sent; tables made before it existed get it by ALTER.
+INSERTED_AT: Final = "inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)"
+
 CLICKHOUSE_DDL: Final = {
     "logs": """
 CREATE TABLE IF NOT EXISTS {db}.logs (
@@ -39,6 +44,7 @@ CREATE TABLE IF NOT EXISTS {db}.logs (
     host LowCardinality(String),"""
     + _GEO_COLUMNS
     + """
+    {inserted_at},
     INDEX idx_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4,
     INDEX idx_id id TYPE bloom_filter(0.01) GRANULARITY 4
 ) ENGINE = ReplacingMergeTree
@@ -64,6 +70,7 @@ CREATE TABLE IF NOT EXISTS {db}.spans (
     status LowCardinality(String),
     status_message String,
     attrs Map(LowCardinality(String), String),
+    {inserted_at},
     INDEX idx_trace_id trace_id TYPE bloom_filter(0.01) GRANULARITY 4,
     INDEX idx_id id TYPE bloom_filter(0.01) GRANULARITY 4
 ) ENGINE = ReplacingMergeTree
@@ -93,6 +100,7 @@ CREATE TABLE IF NOT EXISTS {db}.rum_events (
     os LowCardinality(String),
     os_version LowCardinality(String),
     device LowCardinality(String),
+    {inserted_at},
     INDEX idx_id id TYPE bloom_filter(0.01) GRANULARITY 4
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toDate(ts)
@@ -190,11 +198,13 @@ def ingest_table(kind: str) -> str:
     return f"{CLICKHOUSE_TABLES[kind]}_ingest"
 
 
-def ingest_ddl(db: str, kind: str) -> tuple[str, str]:
-    """The Null-engine table the writer inserts into, and the view that fills the real table."""
+def ingest_ddl(db: str, kind: str) -> tuple[str, str, str]:
+    """For a table made before `inserted_at`, its column; the Null-engine table the writer
+    inserts into; the view that fills the real table."""
     table, ingest = CLICKHOUSE_TABLES[kind], ingest_table(kind)
     select = ", ".join(f"{expr} AS {column}" for column, expr in INGEST_SELECT[kind])
     return (
+        f"ALTER TABLE {db}.{table} ADD COLUMN IF NOT EXISTS {INSERTED_AT}",
         f"CREATE TABLE IF NOT EXISTS {db}.{ingest} ({INGEST_SCHEMA[kind]}) ENGINE = Null",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{ingest}_mv TO {db}.{table} "
         f"AS SELECT {select} FROM {db}.{ingest}",

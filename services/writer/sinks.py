@@ -43,6 +43,7 @@ from services.writer.profile_rows import (
 from services.writer.rows import (
     CLICKHOUSE_DDL,
     CLICKHOUSE_TABLES,
+    INSERTED_AT,
     METRIC_COLUMNS,
     ingest_ddl,
     ingest_table,
@@ -157,7 +158,9 @@ class ClickHouseSink:
         def create(client: Client) -> None:
             client.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
             for kind, ddl in CLICKHOUSE_DDL.items():
-                client.command(ddl.format(db=f"`{self.database}`", ttl=ttl))
+                client.command(
+                    ddl.format(db=f"`{self.database}`", ttl=ttl, inserted_at=INSERTED_AT)
+                )
                 for statement in ingest_ddl(f"`{self.database}`", kind):
                     client.command(statement)
             for ddl in profile_ddl(f"`{self.database}`", self.ttl_days):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from services.normalizer.normalize import to_clean_entry
 from services.writer.app import Writer
+from services.writer.rows import CLICKHOUSE_DDL
 from services.writer.sinks import ClickHouseSink, PostgresSink, Sink
 from shared.config import Settings
 from shared.consumer import ensure_group
@@ -252,6 +254,30 @@ async def test_every_column_round_trips_through_the_ingest_view(settings: Settin
         }
         await sink.insert("logs", stored([log]), "t-logs")  # same token: deduplicated
         assert await count_rows(sink, "logs") == (1, 1)
+    finally:
+        await sink.close()
+
+
+async def test_rows_record_when_they_were_inserted(settings: Settings) -> None:
+    """Also for a table made before `inserted_at` existed: start() adds the column."""
+    db = settings.clickhouse_database
+    old_ddl = CLICKHOUSE_DDL["logs"].replace("    {inserted_at},\n", "")
+    client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    client.command(old_ddl.format(db=f"`{db}`", ttl=""))
+    client.close()
+    sink = clickhouse_sink(settings)
+    await sink.start()
+    try:
+        before = time.time()
+        await sink.insert("logs", stored(clean_events("logs", range(3))), "t")
+        after = time.time()
+        out = await sink.query_json_lines(
+            f"SELECT toUnixTimestamp64Milli(inserted_at) / 1000 AS at FROM `{db}`.logs"
+        )
+        stamps = [msgspec.json.decode(line)["at"] for line in out.splitlines()]
+        assert len(stamps) == 3
+        assert all(before - 0.01 <= at <= after + 0.01 for at in stamps)
     finally:
         await sink.close()
 

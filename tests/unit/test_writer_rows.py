@@ -15,6 +15,7 @@ from services.writer.rows import (
     CLICKHOUSE_TABLES,
     INGEST_SCHEMA,
     INGEST_SELECT,
+    INSERTED_AT,
     METRIC_COLUMNS,
     ingest_ddl,
     ingest_table,
@@ -141,6 +142,13 @@ def test_every_column_is_in_the_ddl(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
+def test_every_table_records_when_its_rows_were_inserted(kind: str) -> None:
+    """`inserted_at` is the one column the view leaves to its default."""
+    assert "    {inserted_at},\n" in CLICKHOUSE_DDL[kind]
+    assert "inserted_at" not in select_columns(kind)
+
+
+@pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
 def test_ddl_has_no_column_the_view_leaves_out(kind: str) -> None:
     assert sorted(ddl_columns(kind)) == sorted(select_columns(kind))
 
@@ -163,7 +171,8 @@ def test_json_rows_are_one_clean_event_per_line(kind: Kind) -> None:
 
 
 def test_ingest_ddl_names_the_view_and_table() -> None:
-    null_table, view = ingest_ddl("`db`", "rum")
+    inserted_at, null_table, view = ingest_ddl("`db`", "rum")
+    assert inserted_at == f"ALTER TABLE `db`.rum_events ADD COLUMN IF NOT EXISTS {INSERTED_AT}"
     assert null_table.startswith(f"CREATE TABLE IF NOT EXISTS `db`.{ingest_table('rum')} (")
     assert null_table.endswith("ENGINE = Null")
     assert " TO `db`.rum_events AS SELECT " in view
