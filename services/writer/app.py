@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import typing
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, get_type_hints
 
 import msgspec
 import redis.asyncio as aioredis
@@ -67,7 +66,7 @@ class DecodedBatch(msgspec.Struct, frozen=True):
 def _required_fields(clean: type[CleanEvent]) -> msgspec.json.Decoder[Any]:
     """A decoder of the fields every clean event of this kind has (a body of another kind, or
     one missing a key, fails); the other fields are decoded only by the store that needs them."""
-    hints = typing.get_type_hints(clean)
+    hints = get_type_hints(clean)
     fields = clean.__struct_fields__
     required = fields[: len(fields) - len(clean.__struct_defaults__)]
     shape = msgspec.defstruct(f"{clean.__name__}Key", [(name, hints[name]) for name in required])
