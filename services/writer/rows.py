@@ -111,9 +111,10 @@ SETTINGS non_replicated_deduplication_window = 1000
 }
 
 # Each table is filled through a Null-engine table shaped like the clean event's JSON and a
-# materialized view that maps it onto the table's columns, so the writer hands the engine
-# JSONEachRow (encoded by msgspec at C speed) and ClickHouse parses and converts it, instead of
-# Python building native columns value by value. (column, expression over the ingest table)
+# materialized view that maps it onto the table's columns, so the writer hands the engine the
+# clean bodies as the normalizer wrote them (JSONEachRow) and ClickHouse parses and converts them,
+# instead of Python building native columns value by value. (column, expression over the ingest
+# table)
 _GEO_SELECT: Final = (
     ("geo_country", "geo.country"),
     ("geo_city", "geo.city"),
