@@ -3,7 +3,7 @@
 1. Raw limits on the same data shape: Redis pipelined XADD entries/s, ClickHouse insert rows/s
    through clickhouse-connect (chdb, or the server in RIVULET_CLICKHOUSE_URL), PostgreSQL COPY
    rows/s through asyncpg.
-2. The pipeline as processes (`rivulet up`'s topology: 1 normalizer, 1 writer; then 2 normalizers
+2. The pipeline as processes (`rivulet up`'s topology: 2 normalizers, 1 writer; then 2 normalizers
    + 2 metrics writers), fed by concurrent signed senders with realistic events in batches of 500.
 3. One table: gateway accepted events/s, end-to-end events/s (first send to last row queryable),
    p50/p95/p99 ingest->queryable latency of sampled events, CPU seconds per 1M events and peak RSS
@@ -42,8 +42,10 @@ import msgspec
 import psutil
 import redis as syncredis
 
+from rivulet_cli.up import children_argv
 from services.writer.rows import METRIC_COLUMNS, to_metric_records
 from services.writer.sinks import ClickHouseSink, postgres_ddl
+from shared.config import Settings
 from shared.events import parse_event
 from shared.schemas import ApiKey, Log, Metric
 from shared.signing import signed_headers
@@ -691,15 +693,19 @@ def main() -> None:
         )
 
 
-UP_TOPOLOGY: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("gateway", ("gateway",)),
-    ("normalizer", ("normalizer", "--consumer", "n1")),
-    ("writer", ("writer", "--consumer", "w1")),
+# `rivulet up`'s children with its defaults, less the profiler (no profiles are sent)
+UP_TOPOLOGY: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (name, tuple(argv))
+    for name, argv in children_argv(Settings().up_normalizers)
+    if name != "profiler"
 )
 
 VARIANTS: dict[str, tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]] = {
     "gateway": ("gateway alone (nothing downstream)", (("gateway", ("gateway",)),)),
-    "up": ("rivulet up defaults (1 normalizer, 1 writer)", UP_TOPOLOGY),
+    "up": (
+        f"rivulet up defaults ({Settings().up_normalizers} normalizers, 1 writer)",
+        UP_TOPOLOGY,
+    ),
     "replicas": ("2 normalizers + 2 metrics writers", STANDARD_TOPOLOGY),
 }
 

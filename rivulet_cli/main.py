@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="TOML file with settings (environment wins)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("up", help="run the whole pipeline locally")
+    up = sub.add_parser("up", help="run the whole pipeline locally")
+    up.add_argument(
+        "--normalizers",
+        type=int,
+        help="normalizer processes (default RIVULET_UP_NORMALIZERS, 2)",
+    )
     gateway = sub.add_parser("gateway", help="run the HTTP gateway")
     gateway.add_argument("--port", type=int)
     gateway.add_argument("--host")
@@ -140,6 +145,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "up":
         from rivulet_cli.up import run_up
 
+        if args.normalizers is not None:
+            settings = msgspec.structs.replace(settings, up_normalizers=args.normalizers)
         return run_up(settings, args.config)
     if command == "gateway":
         from services.gateway.main import run as run_gateway

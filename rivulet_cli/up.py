@@ -1,7 +1,9 @@
 """`rivulet up`: the whole pipeline on one machine, as supervised child processes.
 
-Children: gateway, normalizer, writer (every kind, profiles included: it owns the chdb engine and
-answers `rivulet query`), profiler (pprof decoding, and the profile reports on 127.0.0.1:8125).
+Children: gateway, `up_normalizers` normalizers (2 by default: one Python process uses one core,
+and the normalizer is the costliest stage), writer (every kind, profiles included: it owns the
+chdb engine and answers `rivulet query`), profiler (pprof decoding, and the profile reports on
+127.0.0.1:8125).
 A child that dies is restarted with backoff under the same consumer name, so it re-reads its own
 pending entries at once. Redis and PostgreSQL are used where reachable, or started privately under
 `./var/` (they run in their own sessions, so killing this process group leaves their data intact).
@@ -31,12 +33,7 @@ from shared.localservers import (
 from shared.logs import configure_logging
 from shared.schemas import ApiKey
 
-CHILDREN: Final = (
-    ("gateway", ["gateway"]),
-    ("normalizer", ["normalizer", "--consumer", "normalizer-1"]),
-    ("writer", ["writer", "--consumer", "writer-1"]),
-    ("profiler", ["profiler", "--consumer", "profiler-1"]),
-)
+MAX_NORMALIZERS: Final = 64
 EXAMPLE_EVENTS: Final = (
     '{{"ts": {now}, "service": "checkout", "level": "info", '
     '"message": "order placed by jane@example.com", "attrs": {{"order_id": "A-1001"}}}}\n'
@@ -58,6 +55,21 @@ class Child:
 
     def poll_exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+
+def children_argv(normalizers: int) -> list[tuple[str, list[str]]]:
+    """Name and CLI arguments of every child; consumer names are stable across restarts."""
+    if not 1 <= normalizers <= MAX_NORMALIZERS:
+        raise ValueError(f"normalizers must be between 1 and {MAX_NORMALIZERS}, got {normalizers}")
+    return [
+        ("gateway", ["gateway"]),
+        *(
+            (f"normalizer-{n}", ["normalizer", "--consumer", f"normalizer-{n}"])
+            for n in range(1, normalizers + 1)
+        ),
+        ("writer", ["writer", "--consumer", "writer-1"]),
+        ("profiler", ["profiler", "--consumer", "profiler-1"]),
+    ]
 
 
 def _demo_key(settings: Settings, var: Path) -> ApiKey:
@@ -100,6 +112,11 @@ def _wait_healthy(url: str, timeout_s: float) -> bool:
 
 def run_up(settings: Settings, config_file: str | None) -> int:
     configure_logging("up", settings.log_level)
+    try:
+        topology = children_argv(settings.up_normalizers)
+    except ValueError as exc:
+        print(f"rivulet up: {exc}", file=sys.stderr)
+        return 2
     var = Path(settings.var_dir).resolve()
     var.mkdir(parents=True, exist_ok=True)
     servers: list[PrivateServer] = []
@@ -119,7 +136,7 @@ def run_up(settings: Settings, config_file: str | None) -> int:
         return 1
 
     config_args = ["--config", config_file] if config_file else []
-    children = [Child(name, argv, config_args) for name, argv in CHILDREN]
+    children = [Child(name, argv, config_args) for name, argv in topology]
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:

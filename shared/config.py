@@ -65,6 +65,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # normalizer
     normalizer_batch: int = 500
     normalizer_consumers: int = 2  # per kind: one processes while another waits on Redis
+    # normalizer processes `rivulet up` runs: one process is bound to one core by the GIL
+    up_normalizers: int = 2
     clean_high_watermark: int = 1_000_000
     dedupe_window_s: int = 24 * 3600
     claim_idle_ms: int = 30_000

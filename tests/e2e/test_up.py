@@ -82,6 +82,10 @@ def test_up_prints_a_working_send_example_and_restarts_children(
             ).stdout.splitlines()
         ]
         assert row["message"] == "card <card> declined"
+        normalizers = [
+            child for child in psutil.Process(up.pid).children() if "normalizer" in child.cmdline()
+        ]
+        assert len(normalizers) == 2  # RIVULET_UP_NORMALIZERS' default
 
         # SIGKILL the writer (the chdb owner): `up` restarts it and its data survives
         writer = next(
