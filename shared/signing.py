@@ -19,12 +19,23 @@ SIGNATURE_HEADER: Final = "x-rivulet-signature"
 
 
 def string_to_sign(timestamp: str, method: str, path_with_query: str, body: bytes) -> bytes:
-    digest = hashlib.sha256(body).hexdigest()
-    return f"{timestamp}.{method.upper()}.{path_with_query}.{digest}".encode()
+    return _message(timestamp, method, path_with_query, hashlib.sha256(body).hexdigest())
+
+
+def _message(timestamp: str, method: str, path_with_query: str, body_sha256_hex: str) -> bytes:
+    return f"{timestamp}.{method.upper()}.{path_with_query}.{body_sha256_hex}".encode()
 
 
 def sign(secret: str, timestamp: str, method: str, path_with_query: str, body: bytes) -> str:
     message = string_to_sign(timestamp, method, path_with_query, body)
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def sign_digest(
+    secret: str, timestamp: str, method: str, path_with_query: str, body_sha256_hex: str
+) -> str:
+    """`sign` for a sender that hashed its body once and signs each attempt anew."""
+    message = _message(timestamp, method, path_with_query, body_sha256_hex)
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 

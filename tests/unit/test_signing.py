@@ -12,6 +12,7 @@ from shared.signing import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     sign,
+    sign_digest,
     signature_matches,
     signed_headers,
     string_to_sign,
@@ -68,6 +69,10 @@ def test_string_to_sign_hashes_body_bytes_as_sent() -> None:
 def test_known_answer_vector() -> None:
     assert sign(SECRET, TIMESTAMP, METHOD, PATH, BODY) == KNOWN_SIGNATURE
     assert reference_signature(SECRET, TIMESTAMP, METHOD, PATH, BODY) == KNOWN_SIGNATURE
+
+
+def test_signing_a_precomputed_digest_gives_the_same_signature() -> None:
+    assert sign_digest(SECRET, TIMESTAMP, "post", PATH, BODY_SHA256) == KNOWN_SIGNATURE
 
 
 @pytest.mark.parametrize(
