@@ -1,8 +1,9 @@
 """`make bench`: the pipeline against the raw limits of its parts, on this machine.
 
-1. Raw limits on the same data shape: Redis pipelined XADD entries/s, ClickHouse insert rows/s
-   through clickhouse-connect (chdb, or the server in RIVULET_CLICKHOUSE_URL), PostgreSQL COPY
-   rows/s through asyncpg.
+1. Raw limits on the same data shape: Redis pipelined XADD entries/s (from redis-py, and from
+   redis-benchmark's C client when it is installed: the server's own ceiling, which the gateway's
+   ratio uses), ClickHouse insert rows/s through clickhouse-connect (chdb, or the server in
+   RIVULET_CLICKHOUSE_URL), PostgreSQL COPY rows/s through asyncpg.
 2. The pipeline as processes (`rivulet up`'s topology: 2 normalizers, 1 writer; then 2 normalizers
    + 2 metrics writers), fed by concurrent signed senders with realistic events in batches of 500.
 3. One table: gateway accepted events/s, end-to-end events/s (first send to last row queryable),
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -151,6 +153,42 @@ def redis_xadd_limit(redis_url: str, n: int, body: bytes) -> float:
     client.delete(stream)
     client.close()
     return n / elapsed
+
+
+def redis_server_xadd_limit(redis_url: str, n: int, body: bytes) -> float | None:
+    """XADD entries/s the server takes from a C client (`redis-benchmark`, 4 connections, 500
+    per pipeline): Redis's own ceiling, where `redis_xadd_limit` is a Python client's."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return None
+    url = urllib.parse.urlsplit(redis_url)
+    stream = f"bench:xadd:{uuid.uuid4().hex}"
+    fields = [
+        "tenant",
+        "acme",
+        "kind",
+        "logs",
+        "id",
+        "x",
+        "received_at",
+        "1",
+        "body",
+        body.decode(),
+    ]
+    result = subprocess.run(
+        [
+            *(exe, "-h", url.hostname or "127.0.0.1", "-p", str(url.port or 6379)),
+            *("--dbnum", url.path.lstrip("/") or "0", "-n", str(n), "-P", "500", "-c", "4"),
+            *("--csv", "XADD", stream, "*", *fields, "body", body.decode()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    syncredis.Redis.from_url(redis_url).delete(stream)
+    # the last line is the result; its 7 trailing columns are numbers, the first the command
+    return float(result.stdout.strip().splitlines()[-1].rsplit(",", 7)[1].strip('"'))
 
 
 def clickhouse_insert_limit(n: int, events: list[Log]) -> float:
@@ -618,12 +656,19 @@ def machine() -> str:
     return f"{platform.node()}: {os.cpu_count()} cores, {memory:.0f} GiB, {python}"
 
 
-def table(limits: dict[str, float], results: list[dict[str, Any]]) -> str:
+def table(limits: dict[str, float | None], results: list[dict[str, Any]]) -> str:
+    server_xadd = limits.get("redis_server_xadd_per_s")
+    xadd_limit = server_xadd or limits["redis_xadd_per_s"]
     lines = [
         f"machine: {machine()}  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
         "",
         "raw limits (same event shape):",
-        f"  redis pipelined XADD            {limits['redis_xadd_per_s']:>12,.0f} entries/s",
+        f"  redis pipelined XADD (redis-py) {limits['redis_xadd_per_s']:>12,.0f} entries/s",
+        *(
+            [f"  redis pipelined XADD (server)   {server_xadd:>12,.0f} entries/s  (C client)"]
+            if server_xadd
+            else []
+        ),
         f"  clickhouse insert (logs rows)   {limits['clickhouse_rows_per_s']:>12,.0f} rows/s",
         f"  postgres COPY (metrics rows)    {limits['postgres_rows_per_s']:>12,.0f} rows/s",
         "",
@@ -632,7 +677,7 @@ def table(limits: dict[str, float], results: list[dict[str, Any]]) -> str:
         lines += [
             f"pipeline: {r['variant']} ({r['events']:,} {'+'.join(r['kinds'])} events)",
             f"  gateway accepted               {r['gateway_events_per_s']:>10,.0f} events/s"
-            f"  ({r['gateway_events_per_s'] / limits['redis_xadd_per_s']:.0%} of redis XADD)",
+            f"  ({r['gateway_events_per_s'] / xadd_limit:.0%} of redis XADD)",
         ]
         if r["end_to_end_events_per_s"] is not None:
             lines += [
@@ -693,6 +738,7 @@ def main() -> None:
     body = msgspec.json.encode(make_events("logs", 0, 1, rng)[0])
     limits = {
         "redis_xadd_per_s": redis_xadd_limit(REDIS_URL, 100_000, body),
+        "redis_server_xadd_per_s": redis_server_xadd_limit(REDIS_URL, 300_000, body),
         "clickhouse_rows_per_s": clickhouse_insert_limit(
             100_000, [e for e in logs if isinstance(e, Log)]
         ),
