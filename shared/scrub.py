@@ -17,8 +17,8 @@ Both return their argument unchanged (the same object) when there is nothing to 
 
 from __future__ import annotations
 
-import ipaddress
 import re
+import socket
 from typing import Final
 
 __all__ = ["scrub_attrs", "scrub_text"]
@@ -56,7 +56,7 @@ _EMAIL_RE: Final = re.compile(
     re.IGNORECASE,
 )
 
-# Candidates only; `ipaddress` has the final word. Requires at least two colons, so plain
+# Candidates only; `is_ipv6` has the final word. Requires at least two colons, so plain
 # `hh:mm` never gets here, and may end in an embedded IPv4 (`::ffff:10.0.0.1`).
 _IPV6_RE: Final = re.compile(
     r"(?<![\w:.])(?:[0-9a-f]{0,4}:){2,7}(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|[0-9a-f]{1,4})?"
@@ -113,11 +113,16 @@ def _ipv6_sub(m: re.Match[str]) -> str:
     # (`a::b`, `dead::beef`) than an address.
     if not any(c.isdigit() for c in s):
         return s
+    return _IPV6 if is_ipv6(s) else s
+
+
+def is_ipv6(text: str) -> bool:
+    """`ipaddress.IPv6Address` without a scope id, at C speed (inet_pton: ~0.2 us, not ~4)."""
     try:
-        ipaddress.IPv6Address(s)
-    except ValueError:
-        return s
-    return _IPV6
+        socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return False
+    return True
 
 
 def _numeric_sub(m: re.Match[str]) -> str:

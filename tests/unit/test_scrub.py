@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 
@@ -205,3 +206,19 @@ def test_numeric_pass_is_skipped_only_when_it_cannot_match(text: str) -> None:
     """The cheap check in front of the IPv4/card pass must never skip a possible match."""
     if scrub._NUMERIC_RE.search(text) is not None:
         assert text.count(".") >= 3 or scrub._CARD_HINT.search(text) is not None
+
+
+_ipv6_like = st.text(alphabet="0123456789abcdefABCDEF:.", min_size=2, max_size=45)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_ipv6_like, st.ip_addresses(v=6).map(str), st.ip_addresses(v=6).map(repr)))
+def test_is_ipv6_agrees_with_ipaddress(text: str) -> None:
+    """inet_pton stands in for `ipaddress.IPv6Address` on every candidate the pattern finds."""
+    for candidate in [m.group() for m in scrub._IPV6_RE.finditer(text)] + [text]:
+        try:
+            ipaddress.IPv6Address(candidate)
+            expected = "%" not in candidate  # a scope id never comes out of the pattern
+        except ValueError:
+            expected = False
+        assert scrub.is_ipv6(candidate) == expected, candidate
