@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -17,8 +20,9 @@ from services.normalizer.normalize import Enrichment
 from shared.config import Settings
 from shared.consumer import ensure_group
 from shared.schemas import Kind, Log, Rum
-from shared.streams import Keys, flatten_read, xrange
+from shared.streams import Keys, Streams, connect, flatten_read, xrange
 from tests.helpers import log_event, rum_event
+from tests.servers import unavailable
 
 CHROME_LINUX = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -223,3 +227,70 @@ async def test_normalizer_pauses_while_clean_backlog_is_high(
         assert await redis.xlen(keys.stream("logs", "clean")) == 1
         await redis.delete(keys.stream("logs", "clean"))
         await wait_for_len(redis, keys.stream("logs", "clean"), 1)
+
+
+@pytest.fixture
+def unix_socket(tmp_path: Path) -> Iterator[Path]:
+    """A private redis-server listening only on a unix socket (RIVULET_REDIS_URL=unix://...)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("redis-server binary not installed")
+    assert binary is not None
+    socket_path = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield socket_path
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture
+async def unix_redis(unix_socket: Path) -> AsyncIterator[aioredis.Redis]:
+    client = connect(f"unix://{unix_socket}?db=0")
+    yield client
+    await client.aclose()
+
+
+async def test_hand_offs_work_over_a_unix_socket(
+    unix_redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    appended = await Streams(unix_redis, keys).gateway_append(
+        "logs",
+        "acme",
+        1000,
+        "",
+        "",
+        [("a", msgspec.json.encode(log_event(1, id="a")).decode())],
+        signature="s",
+        signature_ttl_s=600,
+        high_watermark=1000,
+        rate_per_s=1000.0,
+        burst=1000.0,
+        idempotency_key=None,
+        idempotency_ttl_s=0,
+        body_hash="",
+        rejected_json=b"[]",
+    )
+    assert appended[0] == "ok"
+    await append_raw(unix_redis, keys, "logs", [msgspec.json.encode(log_event(2, id="b"))])
+    async with running(normalizer(settings, unix_redis, "n1")):
+        await wait_for_len(unix_redis, keys.stream("logs", "clean"), 2)
+    assert (await unix_redis.xinfo_groups(keys.stream("logs", "raw")))[0]["pending"] == 0
