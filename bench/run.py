@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -52,7 +52,7 @@ from services.writer.rows import METRIC_COLUMNS, to_metric_records
 from services.writer.sinks import ClickHouseSink, postgres_ddl
 from shared.config import Settings
 from shared.events import parse_event
-from shared.schemas import ApiKey, Log, Metric
+from shared.schemas import ApiKey, Kind, Log, Metric
 from shared.signing import sign_digest
 from tests.harness import STANDARD_TOPOLOGY, Pipeline
 from tests.helpers import ndjson, stored
@@ -578,6 +578,112 @@ def run_pipeline(
         pipeline.cleanup()
 
 
+def fill_raw(pipeline: Pipeline, batches: list[Batch]) -> int:
+    """Append every event to its raw stream as the gateway would (fields, id, ip, ua)."""
+    client = syncredis.Redis.from_url(REDIS_URL)
+    appended = 0
+    try:
+        for batch in batches:
+            stream = f"{pipeline.namespace}:{{{batch.kind}}}:raw"
+            with client.pipeline(transaction=False) as pipe:
+                for line in batch.body.splitlines():
+                    fields: dict[Any, Any] = {
+                        "tenant": "acme",
+                        "kind": batch.kind,
+                        "id": parse_event(cast(Kind, batch.kind), line, "acme").id,
+                        "received_at": str(time.time_ns()),
+                        "body": line,
+                        "ip": batch.client_ip,
+                        "ua": batch.user_agent,
+                    }
+                    pipe.xadd(stream, fields)
+                appended += len(pipe.execute())
+    finally:
+        client.close()
+    return appended
+
+
+def stream_progress(pipeline: Pipeline, kinds: tuple[str, ...], stage: str, group: str) -> int:
+    """Entries of `stage` streams that `group` has read and acknowledged (all kinds)."""
+    client = syncredis.Redis.from_url(REDIS_URL)
+    done = 0
+    try:
+        for kind in kinds:
+            with contextlib.suppress(syncredis.ResponseError):
+                for info in client.xinfo_groups(f"{pipeline.namespace}:{{{kind}}}:{stage}"):
+                    if info["name"] in (group, group.encode()):
+                        done += int(info.get("entries-read") or 0) - int(info["pending"])
+    finally:
+        client.close()
+    return done
+
+
+def run_stages(
+    topology: tuple[tuple[str, tuple[str, ...]], ...], total: int, kinds: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The normalizers alone on a pre-filled raw stream, then the writer alone on the clean
+    streams they left: what each stage can do when it has the machine (less Redis) to itself.
+    Counting starts at the first acknowledgement, so process start-up is not measured."""
+    root = Path(tempfile.mkdtemp(prefix="bench-"))
+    pipeline = Pipeline(
+        root, f"bench{uuid.uuid4().hex[:8]}", extra_env={"RIVULET_LOG_LEVEL": "warning"}
+    )
+    pipeline.require_servers()
+    results: list[dict[str, Any]] = []
+    try:
+        appended = fill_raw(pipeline, make_batches(kinds, total // len(kinds)))
+        for stage, group, service in (
+            ("raw", "normalizers", "normalizer"),
+            ("clean", "writers", "writer"),
+        ):
+            names = [name for name, args in topology if args[0] == service]
+            for name, args in topology:
+                if name in names:
+                    pipeline.start(name, *args)
+            monitor = Monitor(pipeline)
+            monitor.start()
+            deadline = time.monotonic() + 900
+            while (first := stream_progress(pipeline, kinds, stage, group)) == 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{service} never acknowledged an entry")
+                time.sleep(0.02)
+            monitor.start_counting()
+            while (done := stream_progress(pipeline, kinds, stage, group)) < appended:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{service} acknowledged {done} of {appended}")
+                time.sleep(0.02)
+            monitor.stop_counting()
+            counted = done - first
+            cpu: dict[str, float] = {}
+            for process_name in monitor.cpu_end:
+                if process_name != "load-generator":
+                    service_name = service_of(process_name)
+                    cpu[service_name] = cpu.get(service_name, 0.0) + (
+                        monitor.cpu_end[process_name] - monitor.cpu_start[process_name]
+                    )
+            results.append(
+                {
+                    "variant": f"{service} alone ({len(names)} process"
+                    f"{'es' if len(names) > 1 else ''}), {stage} -> "
+                    f"{'clean' if stage == 'raw' else 'rows'}",
+                    "stage": service,
+                    "kinds": list(kinds),
+                    "events": counted,
+                    "stage_events_per_s": counted / monitor.wall_s,
+                    "cpu_s_per_million": {s: c / counted * 1e6 for s, c in cpu.items()},
+                    "cores_busy": sum(cpu.values()) / monitor.wall_s,
+                    "thread_cpu_s_since_start": monitor.thread_cpu,
+                }
+            )
+            for name in names:
+                pipeline.kill(name, signal.SIGTERM)
+                del pipeline.processes[name]
+    finally:
+        pipeline.stop()
+        pipeline.cleanup()
+    return results
+
+
 def latencies_ms(pipeline: Pipeline, sent_at: dict[str, int]) -> list[float]:
     """Per sampled event: when the engine took its row (`inserted_at`, set by the table's
     default as the insert that made it queryable began) minus when its request was first sent.
@@ -674,6 +780,23 @@ def table(limits: dict[str, float | None], results: list[dict[str, Any]]) -> str
         "",
     ]
     for r in results:
+        if "stage" in r:
+            ratio = (
+                f"  ({r['stage_events_per_s'] / limits['clickhouse_rows_per_s']:.0%}"
+                " of clickhouse insert)"
+                if r["stage"] == "writer"
+                else ""
+            )
+            lines += [
+                f"stage: {r['variant']} ({r['events']:,} {'+'.join(r['kinds'])} events)",
+                f"  acknowledged                   {r['stage_events_per_s']:>10,.0f} events/s"
+                + ratio,
+                "  CPU s per 1M events             "
+                + "  ".join(f"{s}={v:.1f}" for s, v in sorted(r["cpu_s_per_million"].items())),
+                f"  cores busy (all of the above)   {r['cores_busy']:.2f} of {os.cpu_count()}",
+                "",
+            ]
+            continue
         lines += [
             f"pipeline: {r['variant']} ({r['events']:,} {'+'.join(r['kinds'])} events)",
             f"  gateway accepted               {r['gateway_events_per_s']:>10,.0f} events/s"
@@ -715,7 +838,8 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         default="gateway,up,replicas",
-        help="gateway (alone), up (rivulet up topology), replicas; comma-separated",
+        help="gateway (alone), up (rivulet up topology), replicas, stages (normalizers, then "
+        "the writer, each alone on a pre-filled stream); comma-separated",
     )
     parser.add_argument(
         "--py-spy", metavar="DIR", help="collapsed stacks of every service, for flamegraphs"
@@ -757,19 +881,14 @@ def main() -> None:
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}: choose from {sorted(VARIANTS)}")
-    results = [
-        run_pipeline(
-            label,
-            VARIANTS[variant][1],
-            total,
-            rate,
-            args.senders,
-            kinds,
-            Path(args.py_spy) / variant if args.py_spy else None,
-        )
-        for variant in chosen
-        for label in [VARIANTS[variant][0]]
-    ]
+    results: list[dict[str, Any]] = []
+    for variant in chosen:
+        label, topology = VARIANTS[variant]
+        if variant == "stages":
+            results += run_stages(topology, total, kinds)
+            continue
+        spy_dir = Path(args.py_spy) / variant if args.py_spy else None
+        results.append(run_pipeline(label, topology, total, rate, args.senders, kinds, spy_dir))
     print(table(limits, results))
     if args.soak:
         print("RSS MiB over time (soak):")
@@ -798,6 +917,7 @@ VARIANTS: dict[str, tuple[str, tuple[tuple[str, tuple[str, ...]], ...]]] = {
         UP_TOPOLOGY,
     ),
     "replicas": ("2 normalizers + 2 metrics writers", STANDARD_TOPOLOGY),
+    "stages": ("normalizers, then the writer, each alone", UP_TOPOLOGY),
 }
 
 
