@@ -27,8 +27,8 @@ def _message(timestamp: str, method: str, path_with_query: str, body_sha256_hex:
 
 
 def sign(secret: str, timestamp: str, method: str, path_with_query: str, body: bytes) -> str:
-    message = string_to_sign(timestamp, method, path_with_query, body)
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    digest = hashlib.sha256(body).hexdigest()
+    return sign_digest(secret, timestamp, method, path_with_query, digest)
 
 
 def sign_digest(
