@@ -45,7 +45,7 @@ def test_up_prints_a_working_send_example_and_restarts_children(
     tmp_path: Path, namespace: str
 ) -> None:
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "RIVULET_UP_NORMALIZERS"},
         "RIVULET_REDIS_URL": REDIS_URL,
         "RIVULET_NAMESPACE": namespace,
         "RIVULET_TIMESCALE_DSN": PG_DSN,
