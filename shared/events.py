@@ -292,4 +292,6 @@ def parse_event(kind: Kind, raw: bytes, tenant: str, received_at: int = 0) -> Cl
         wire, extras = _decode_general(kind, raw)
     event = _build(wire, extras, tenant)
     assert isinstance(event, CLEAN_TYPES[kind])
+    if event.id and received_at == event.received_at:
+        return event  # the gateway's common case: a copy would change nothing
     return msgspec.structs.replace(event, id=event.id or event_id(event), received_at=received_at)

@@ -17,6 +17,7 @@ Both return their argument unchanged (the same object) when there is nothing to 
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 from typing import Final
@@ -164,6 +165,9 @@ _SECRET_KEY_SUFFIXES: Final = (
 )
 
 
+# Attribute keys repeat from event to event; a cache hit is far cheaper than lower() plus a
+# nine-suffix endswith(). Bounded: keys are client-chosen.
+@functools.lru_cache(maxsize=4096)
 def _is_secret_key(key: str) -> bool:
     return key.lower().endswith(_SECRET_KEY_SUFFIXES)
 

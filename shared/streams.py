@@ -132,15 +132,10 @@ def decode_raw(fields: Fields) -> RawEntry:
     )
 
 
-def decode_clean(fields: Fields) -> CleanEntry:
-    """Raises MalformedEntry when the fields cannot be trusted."""
-    return CleanEntry(
-        tenant=_tenant(fields),
-        kind=_text(fields, b"kind"),  # type: ignore[arg-type]
-        id=_text(fields, b"id"),
-        received_at=_nanos(fields),
-        body=fields.get(b"body", b""),
-    )
+def decode_clean(fields: Fields) -> tuple[int, bytes]:
+    """(received_at, body) of a clean entry: all a writer reads from the fields, since the body
+    carries the tenant and id the normalizer wrote. Raises MalformedEntry."""
+    return _nanos(fields), fields.get(b"body", b"")
 
 
 def salvage_dead_letter(
@@ -276,8 +271,13 @@ local group, ttl, dlq_maxlen, seen_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3],
 local outputs = cmsgpack.unpack(ARGV[5])
 local acked = cmsgpack.unpack(ARGV[6])
 local added, dups = 0, 0
+-- An absolute expiry: Redis replicates `SET .. EX` by rewriting it to PXAT, an allocation per
+-- marker that PXAT skips (~4% of this script's instructions per event).
+local now = redis.call('TIME')
+local expire_at = string.format('%d',
+  (tonumber(now[1]) + ttl) * 1000 + math.floor(tonumber(now[2]) / 1000))
 for _, out in ipairs(outputs) do
-  if redis.call('SET', seen_prefix .. out[1] .. ':' .. out[3], '1', 'NX', 'EX', ttl) then
+  if redis.call('SET', seen_prefix .. out[1] .. ':' .. out[3], '1', 'NX', 'PXAT', expire_at) then
     redis.call('XADD', KEYS[2], '*', 'tenant', out[1], 'kind', out[2], 'id', out[3],
       'received_at', out[4], 'body', out[5])
     added = added + 1

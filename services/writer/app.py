@@ -84,9 +84,9 @@ def decode_batch(kind: Kind, deliveries: Sequence[Delivery]) -> DecodedBatch:
     dead: list[DeadLetter] = []
     for delivery in deliveries:
         try:
-            entry = decode_clean(delivery.fields)
-            key = decoder.decode(entry.body)
-            events.append(StoredEvent(key.tenant, key.id, key.ts, entry.received_at, entry.body))
+            received_at, body = decode_clean(delivery.fields)
+            key = decoder.decode(body)
+            events.append(StoredEvent(key.tenant, key.id, key.ts, received_at, body))
         except (MalformedEntry, msgspec.DecodeError) as exc:
             dead.append(
                 salvage_dead_letter(

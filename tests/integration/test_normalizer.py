@@ -108,6 +108,20 @@ async def test_clean_entries_are_scrubbed_and_deduped(
     assert info[0]["pending"] == 0
 
 
+async def test_dedupe_marker_lives_for_the_window(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    window_s = 3600
+    await append_raw(redis, keys, "logs", [msgspec.json.encode(log_event(1, id="a"))])
+    async with running(
+        normalizer(msgspec.structs.replace(settings, dedupe_window_s=window_s), redis, "n1")
+    ):
+        await wait_for_len(redis, keys.stream("logs", "clean"), 1)
+    ttl_ms = await redis.pttl(keys.seen("logs", "acme", "a"))
+    assert window_s * 1000 - 15_000 < ttl_ms <= window_s * 1000
+
+
 async def test_invalid_events_go_to_the_dlq_with_reason(
     redis: aioredis.Redis, settings: Settings, namespace: str
 ) -> None:
