@@ -43,15 +43,18 @@ EXAMPLE_EVENTS: Final = (
 
 
 class Child:
-    def __init__(self, name: str, argv: list[str], config_args: list[str]) -> None:
+    def __init__(
+        self, name: str, argv: list[str], config_args: list[str], env: dict[str, str]
+    ) -> None:
         self.name = name
         self.argv = [sys.executable, "-m", "rivulet_cli.main", *config_args, *argv]
+        self.env = env  # on top of this process's environment
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self.next_start = 0.0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
+        self.process = subprocess.Popen(self.argv, env={**os.environ, **self.env})
 
     def poll_exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
@@ -70,6 +73,14 @@ def children_argv(normalizers: int) -> list[tuple[str, list[str]]]:
         ("writer", ["writer", "--consumer", "writer-1"]),
         ("profiler", ["profiler", "--consumer", "profiler-1"]),
     ]
+
+
+def child_environment(servers: list[PrivateServer]) -> dict[str, str]:
+    """Children reach a private Redis over its unix socket: same server, no loopback TCP."""
+    for server in servers:
+        if server.name == "redis" and server.local_url:
+            return {"RIVULET_REDIS_URL": server.local_url}
+    return {}
 
 
 def _demo_key(settings: Settings, var: Path) -> ApiKey:
@@ -127,7 +138,11 @@ def run_up(settings: Settings, config_file: str | None) -> int:
         ):
             if server is not None:
                 servers.append(server)
-                print(f"started private {server.name} at {server.url} (data in {var})", flush=True)
+                via = f"; services use {server.local_url}" if server.local_url else ""
+                print(
+                    f"started private {server.name} at {server.url} (data in {var}){via}",
+                    flush=True,
+                )
         ensure_database(settings.timescale_dsn)
     except (MissingServerBinary, RuntimeError) as exc:
         print(f"rivulet up: {exc}", file=sys.stderr)
@@ -136,7 +151,9 @@ def run_up(settings: Settings, config_file: str | None) -> int:
         return 1
 
     config_args = ["--config", config_file] if config_file else []
-    children = [Child(name, argv, config_args) for name, argv in topology]
+    children = [
+        Child(name, argv, config_args, child_environment(servers)) for name, argv in topology
+    ]
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:

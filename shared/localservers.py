@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit, urlunsplit
 
 import asyncpg
 import redis
@@ -60,6 +60,7 @@ MAINTENANCE_DB: Final = "postgres"
 PG_SUPERUSER: Final = "postgres"
 PG_OS_USER: Final = "postgres"
 REDIS_DEFAULT_PORT: Final = 6379
+REDIS_SOCKET: Final = "redis.sock"
 PG_DEFAULT_PORT: Final = 5432
 REDIS_START_TIMEOUT_S: Final = 10.0
 PG_START_TIMEOUT_S: Final = 30.0
@@ -86,6 +87,8 @@ class PrivateServer:
     stop_timeout: float = STOP_TIMEOUT_S
     # Directories created outside var_dir (a short socket dir) that die with the server.
     cleanup_paths: list[Path] = field(default_factory=list)
+    # The same server for clients on this host without TCP (a unix socket); empty: use `url`.
+    local_url: str = ""
 
     def stop(self) -> None:
         """Shut the server down gracefully and wait for it; safe to call more than once."""
@@ -298,10 +301,16 @@ def ensure_redis(url: str, var_dir: Path, appendfsync: str = "everysec") -> Priv
     first, *optional = _bind_addresses(parts.hostname)
     # A leading "-" lets redis start when an optional address (::1) is unavailable.
     bind = [first, *(f"-{address}" for address in optional)]
+    # Also a unix socket, for `rivulet up`'s children: loopback TCP costs every process on this
+    # host CPU per command (README, "Redis over a unix socket").
+    socket_dir, cleanup = _short_socket_dir(data_dir, REDIS_SOCKET, "rivulet-redis-")
+    socket_path = socket_dir / REDIS_SOCKET
     args = [
         binary,
         "--port", str(port),
         "--bind", *bind,
+        "--unixsocket", str(socket_path),
+        "--unixsocketperm", "700",
         "--dir", str(data_dir),
         "--appendonly", "yes",
         "--appendfsync", appendfsync,
@@ -320,11 +329,28 @@ def ensure_redis(url: str, var_dir: Path, appendfsync: str = "everysec") -> Priv
             cwd=data_dir,
             start_new_session=True,  # the parent's Ctrl-C must not reach it; stop() does
         )
-    _wait_ready(
-        proc, lambda: _probe_redis(url, 0.5).ok, REDIS_START_TIMEOUT_S, "redis-server", logfile
+    server = PrivateServer(
+        name="redis",
+        url=url,
+        process=proc,
+        stop_signal=signal.SIGTERM,
+        cleanup_paths=cleanup,
+        local_url=f"unix://{socket_path}?db={_redis_db(parts)}",
     )
-    log.info("redis private server ready", pid=proc.pid, port=port)
-    return PrivateServer(name="redis", url=url, process=proc, stop_signal=signal.SIGTERM)
+    try:
+        _wait_ready(
+            proc, lambda: _probe_redis(url, 0.5).ok, REDIS_START_TIMEOUT_S, "redis-server", logfile
+        )
+    except RuntimeError:
+        server.stop()
+        raise
+    log.info("redis private server ready", pid=proc.pid, port=port, socket=str(socket_path))
+    return server
+
+
+def _redis_db(parts: SplitResult) -> str:
+    """The database number of a redis:// URL (`/N` or `?db=N`), as redis-py reads it."""
+    return parse_qs(parts.query).get("db", [""])[0] or parts.path.strip("/") or "0"
 
 
 # --- PostgreSQL ----------------------------------------------------------------------------------
@@ -450,15 +476,19 @@ def _grant_traverse(path: Path, run_as: _RunAs) -> None:
             )
 
 
+def _short_socket_dir(preferred: Path, socket_name: str, prefix: str) -> tuple[Path, list[Path]]:
+    """`preferred`, or a new short temp dir (to remove with the server) when the socket's path
+    under `preferred` would not fit in sun_path."""
+    if len(f"{preferred}/{socket_name}") <= _MAX_SOCKET_PATH:
+        preferred.mkdir(parents=True, exist_ok=True)
+        return preferred, []
+    chosen = Path(tempfile.mkdtemp(prefix=prefix))
+    return chosen, [chosen]
+
+
 def _socket_dir(pg_dir: Path, port: int, run_as: _RunAs | None) -> tuple[Path, list[Path]]:
     """`pg_dir/run`, or a short temp dir when that path would not fit in sun_path."""
-    preferred = pg_dir / "run"
-    if len(f"{preferred}/.s.PGSQL.{port}") <= _MAX_SOCKET_PATH:
-        preferred.mkdir(exist_ok=True)
-        chosen, cleanup = preferred, []
-    else:
-        chosen = Path(tempfile.mkdtemp(prefix="rivulet-pg-"))
-        cleanup = [chosen]
+    chosen, cleanup = _short_socket_dir(pg_dir / "run", f".s.PGSQL.{port}", "rivulet-pg-")
     if run_as is not None:
         os.chown(chosen, run_as.uid, run_as.gid)
     return chosen, cleanup

@@ -109,3 +109,55 @@ def test_up_prints_a_working_send_example_and_restarts_children(
             up.kill()
             raise
     assert up.returncode == 0
+
+
+@pytest.mark.usefixtures("pg_schema")
+def test_up_children_reach_its_private_redis_through_the_unix_socket(
+    tmp_path: Path, namespace: str
+) -> None:
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens: `up` starts a Redis
+    env = {
+        **os.environ,
+        "RIVULET_REDIS_URL": redis_url,
+        "RIVULET_NAMESPACE": namespace,
+        "RIVULET_TIMESCALE_DSN": PG_DSN,
+        "RIVULET_TIMESCALE_SCHEMA": f"rivulet_{namespace}",
+        "RIVULET_HTTP_PORT": str(free_port()),
+        "RIVULET_QUERY_PORT": str(free_port()),
+        "RIVULET_WRITER_BATCH_AGE_MS": "200",
+        "RIVULET_UP_NORMALIZERS": "1",
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "rivulet_cli.main", "up"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        banner: list[str] = []
+        deadline = time.monotonic() + 90
+        while not any("Ctrl-C" in line for line in banner):
+            assert time.monotonic() < deadline and up.poll() is None, "".join(banner)
+            banner.append(up.stdout.readline())
+        socket_url = f"unix://{tmp_path.resolve() / 'var' / 'redis' / 'redis.sock'}?db=0"
+        assert any(f"services use {socket_url}" in line for line in banner), "".join(banner)
+        services = [
+            c for c in psutil.Process(up.pid).children() if "rivulet_cli.main" in c.cmdline()
+        ]
+        assert len(services) == 4  # gateway, normalizer, writer, profiler
+        assert {child.environ()["RIVULET_REDIS_URL"] for child in services} == {socket_url}
+        send_line = next(line for line in banner if " send --key-id " in line)
+        sent = rivulet(tmp_path, env, *shlex.split(send_line)[1:])
+        assert json.loads(sent.stdout)["accepted"] == 2, sent.stdout + sent.stderr
+        wait_rows(tmp_path, env, 2)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert up.returncode == 0

@@ -70,6 +70,10 @@ def test_ensure_redis_starts_and_stops_private_server(tmp_path: Path) -> None:
             assert client.config_get("appendonly") == {"appendonly": "yes"}
         finally:
             client.close()
+        # The same server and database over its unix socket, kept inside var_dir.
+        socket_path = var_dir.resolve() / "redis" / "redis.sock"
+        assert server.local_url == f"unix://{socket_path}?db=0"
+        assert xlen_at(server.local_url, "rivulet:localservers-test") == 1
         assert ensure_redis(url, var_dir) is None  # now reachable: nothing to start
         assert (var_dir / "redis" / "redis.log").stat().st_size > 0
     finally:
@@ -77,7 +81,36 @@ def test_ensure_redis_starts_and_stops_private_server(tmp_path: Path) -> None:
 
     assert server.process.returncode == 0
     assert not redis_reachable(url)
+    assert not socket_path.exists()
     server.stop()  # idempotent
+
+
+def xlen_at(url: str, stream: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.xlen(stream))
+    finally:
+        client.close()
+
+
+def test_private_redis_socket_too_long_for_var_dir_goes_to_a_temp_dir(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{_free_port()}?db=3"
+    var_dir = tmp_path / ("v" * 120)  # its socket path would not fit in sun_path
+    server = ensure_redis(url, var_dir)
+    assert server is not None
+    try:
+        (socket_dir,) = server.cleanup_paths
+        assert server.local_url == f"unix://{socket_dir / 'redis.sock'}?db=3"
+        assert len(str(socket_dir / "redis.sock")) <= 107
+        client = redis.Redis.from_url(url)
+        try:
+            client.xadd("rivulet:localservers-test", {"k": "v"})
+        finally:
+            client.close()
+        assert xlen_at(server.local_url, "rivulet:localservers-test") == 1
+    finally:
+        server.stop()
+    assert not socket_dir.exists()
 
 
 def test_ensure_redis_leaves_reachable_server_alone(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""`rivulet up`'s children: how many normalizers, and a clear refusal of a bad count."""
+"""`rivulet up`'s children: how many normalizers, a clear refusal of a bad count, and the Redis
+URL they get when `rivulet up` started a private Redis."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import sys
 
 import pytest
 
-from rivulet_cli.up import MAX_NORMALIZERS, children_argv
+from rivulet_cli.up import MAX_NORMALIZERS, child_environment, children_argv
 from shared.config import load_settings
+from shared.localservers import PrivateServer
 
 
 def test_default_runs_two_normalizers_with_stable_consumer_names() -> None:
@@ -43,3 +45,17 @@ def test_up_refuses_a_bad_count_before_starting_anything() -> None:
     assert result.returncode == 2
     assert "rivulet up: normalizers must be between 1 and 64, got 0" in result.stderr
     assert "started private" not in result.stdout
+
+
+def test_children_use_a_private_redis_through_its_socket() -> None:
+    redis = PrivateServer(
+        "redis", "redis://127.0.0.1:6390/0", None, local_url="unix:///r.sock?db=0"
+    )
+    postgres = PrivateServer("postgres", "postgresql://127.0.0.1:5433/x", None)
+    assert child_environment([postgres, redis]) == {"RIVULET_REDIS_URL": "unix:///r.sock?db=0"}
+
+
+def test_children_keep_the_configured_redis_otherwise() -> None:
+    assert child_environment([]) == {}
+    no_socket = PrivateServer("redis", "redis://127.0.0.1:6390/0", None)
+    assert child_environment([no_socket]) == {}
