@@ -172,6 +172,13 @@ def _is_secret_key(key: str) -> bool:
     return key.lower().endswith(_SECRET_KEY_SUFFIXES)
 
 
+# Attribute values repeat far more than messages do (status codes, regions, routes, hosts): a
+# cache hit skips scrub_text's substring tests and scans. Bounded in entries, and only short
+# values are kept.
+_scrub_short_value: Final = functools.lru_cache(maxsize=8192)(scrub_text)
+_CACHED_VALUE_CHARS: Final = 64
+
+
 def scrub_attrs(attrs: dict[str, str]) -> dict[str, str]:
     """Scrub every value; redact values of secret-named keys (`db.password`, `x-api-key`).
 
@@ -179,7 +186,12 @@ def scrub_attrs(attrs: dict[str, str]) -> dict[str, str]:
     """
     out: dict[str, str] | None = None
     for key, value in attrs.items():
-        new = _REDACTED if _is_secret_key(key) else scrub_text(value)
+        if _is_secret_key(key):
+            new = _REDACTED
+        elif len(value) <= _CACHED_VALUE_CHARS:
+            new = _scrub_short_value(value)
+        else:
+            new = scrub_text(value)
         if new is not value and new != value:
             if out is None:
                 out = dict(attrs)

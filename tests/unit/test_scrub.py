@@ -195,6 +195,20 @@ def test_attrs_unchanged_returns_equal_dict() -> None:
     assert out is attrs
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="0123456789 .-:@a=", max_size=80))
+def test_attrs_values_scrub_like_text_on_every_call(value: str) -> None:
+    # short values go through a cache: the first call and the repeats must agree with scrub_text
+    for _ in range(2):
+        assert scrub_attrs({"k": value}) == {"k": scrub_text(value)}
+
+
+def test_attrs_repeated_values_return_the_callers_dict() -> None:
+    for _ in range(2):
+        attrs = {"route": "/items", "region": "eu-west-1"}
+        assert scrub_attrs(attrs) is attrs
+
+
 def test_attrs_empty() -> None:
     attrs: dict[str, str] = {}
     assert scrub_attrs(attrs) == {}
