@@ -63,6 +63,8 @@ from tests.helpers import ndjson, stored
 from tests.servers import PG_DSN, REDIS_URL
 
 LATENCY_SAMPLE_EVERY = 50
+# Load shedding (rate limit, backlog watermark): the batch is resent after Retry-After.
+RETRYABLE_STATUSES = frozenset({429, 503})
 # Settings that tests/harness.py shortens so tests run fast.
 HARNESS_TUNINGS = ("writer_batch_age_ms", "claim_idle_ms", "trim_interval_s", "retry_max_s")
 
@@ -186,7 +188,8 @@ class Monitor(threading.Thread):
         self.peak_anon: dict[str, int] = {}
         self.cpu_start: dict[str, float] = {}
         self.cpu_end: dict[str, float] = {}
-        self.rss_samples: list[tuple[float, dict[str, int]]] = []
+        # (seconds since start, {process: (RSS bytes, anonymous bytes)})
+        self.rss_samples: list[tuple[float, dict[str, tuple[int, int]]]] = []
         self.wall_start = 0.0
         self.wall_s = 0.0
         self.thread_cpu: dict[str, dict[str, float]] = {}
@@ -227,19 +230,19 @@ class Monitor(threading.Thread):
     def run(self) -> None:
         started = time.monotonic()
         while not self.done.is_set():
-            sample: dict[str, int] = {}
+            sample: dict[str, tuple[int, int]] = {}
             for name, process in self.pipeline.processes.items():
                 try:
                     memory = psutil.Process(process.pid).memory_info()
                     rss = int(memory.rss)
                 except psutil.Error:
                     continue
-                sample[name] = rss
                 self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
                 # RSS counts pages mapped from files too: chdb's ~550 MB library alone puts
                 # ~200 MiB there. Anonymous memory (RSS minus file-backed pages) is the heap.
                 anon = rss - int(memory.shared)
                 self.peak_anon[name] = max(self.peak_anon.get(name, 0), anon)
+                sample[name] = (rss, anon)
             self.rss_samples.append((time.monotonic() - started, sample))
             time.sleep(0.5)
 
@@ -394,6 +397,8 @@ def send_share(
                 )
                 if status == 202:
                     break
+                if status not in RETRYABLE_STATUSES:
+                    raise RuntimeError(f"gateway answered {status} to a {batch.kind} batch")
                 time.sleep(float(answer.get("retry-after", "1")))
             done += batch.body.count(b"\n")
             if record is not None:
@@ -445,10 +450,17 @@ def _sender_process(
     results.put(send_share(url, key, share, Pace(time.monotonic(), rate, senders)))
 
 
-def bench_pipeline(root: Path) -> Pipeline:
-    """The test harness's pipeline with its test tunings put back to the defaults a user runs."""
+def bench_pipeline(root: Path, raw_backlog: int = 0) -> Pipeline:
+    """The test harness's pipeline with its test tunings put back to the defaults a user runs.
+
+    `raw_backlog`: events that will wait in one raw stream with nothing consuming them (the
+    gateway measured alone). The raw watermark is raised to hold them; the default would
+    answer 503 to every batch above it, for as long as the run lasts.
+    """
     defaults = Settings()
     env = {f"RIVULET_{name.upper()}": str(getattr(defaults, name)) for name in HARNESS_TUNINGS}
+    if raw_backlog >= defaults.raw_high_watermark:
+        env["RIVULET_RAW_HIGH_WATERMARK"] = str(2 * raw_backlog)
     return Pipeline(
         root, f"bench{uuid.uuid4().hex[:8]}", extra_env={"RIVULET_LOG_LEVEL": "warning", **env}
     )
@@ -464,13 +476,13 @@ def run_pipeline(
     py_spy: Path | None = None,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bench-"))
-    pipeline = bench_pipeline(root)
+    per_kind = total // len(kinds)
+    gateway_only = all(args[0] == "gateway" for _, args in topology)
+    pipeline = bench_pipeline(root, per_kind if gateway_only else 0)
     pipeline.require_servers()
     monitor = Monitor(pipeline)
-    per_kind = total // len(kinds)
     batches = make_batches(kinds, per_kind)
     spies: list[subprocess.Popen[bytes]] = []
-    gateway_only = all(args[0] == "gateway" for _, args in topology)
     try:
         if gateway_only:
             pipeline.start("gateway", "gateway")
@@ -863,11 +875,14 @@ def main() -> None:
         results.append(run_pipeline(label, topology, total, rate, args.senders, kinds, spy_dir))
     print(table(limits, results))
     if args.soak:
-        print("RSS MiB over time (soak):")
+        print("MiB over time (soak), RSS/anonymous:")
         for second, sample in results[0]["rss_samples"][::20]:
             print(
                 f"  t={second:6.0f}s  "
-                + "  ".join(f"{n}={v / 2**20:.0f}" for n, v in sorted(sample.items()))
+                + "  ".join(
+                    f"{n}={rss / 2**20:.0f}/{anon / 2**20:.0f}"
+                    for n, (rss, anon) in sorted(sample.items())
+                )
             )
     if args.json:
         Path(args.json).write_text(
