@@ -334,14 +334,24 @@ def make_batches(kinds: tuple[str, ...], per_kind: int) -> list[Batch]:
     return batches
 
 
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+
 def start_py_spy(pipeline: Pipeline, directory: Path) -> list[subprocess.Popen[bytes]]:
     """`py-spy record` on every service process until it is stopped (SIGINT writes the file)."""
     directory.mkdir(parents=True, exist_ok=True)
-    spy = Path(sys.executable).with_name("py-spy")
     return [
         subprocess.Popen(
             [
-                *(str(spy), "record", "--pid", str(process.pid), "--rate", "200", "--nonblocking"),
+                *(
+                    str(PY_SPY),
+                    "record",
+                    "--pid",
+                    str(process.pid),
+                    "--rate",
+                    "200",
+                    "--nonblocking",
+                ),
                 *("--format", "raw", "-o", str(directory / f"{name}.folded")),
             ],
             stdout=subprocess.DEVNULL,
@@ -833,6 +843,8 @@ def main() -> None:
         "--soak", action="store_true", help="10 minutes at --rate (default 5000/s), RSS over time"
     )
     args = parser.parse_args()
+    if args.py_spy and not PY_SPY.exists():
+        parser.error(f"--py-spy needs {PY_SPY}: {PY_SPY.with_name('pip')} install py-spy")
     kinds = tuple(k for k in args.kinds.split(",") if k)
     rng = random.Random(3)
     logs = [
