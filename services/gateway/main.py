@@ -7,7 +7,7 @@ import uvicorn
 from services.gateway.app import create_app
 from shared.config import Settings, load_settings
 from shared.logs import configure_logging
-from shared.runtime import tune_gc
+from shared.runtime import tune_runtime
 
 
 def run(settings: Settings | None = None) -> None:
@@ -15,7 +15,7 @@ def run(settings: Settings | None = None) -> None:
     log = configure_logging("gateway", settings.log_level)
     log.info("gateway.listening", host=settings.http_host, port=settings.http_port)
     app = create_app(settings)
-    tune_gc()
+    tune_runtime()
     uvicorn.run(
         app,
         host=settings.http_host,

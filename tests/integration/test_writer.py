@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, cast
@@ -20,7 +21,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from services.normalizer.normalize import to_clean_entry
 from services.writer.app import Writer
-from services.writer.rows import CLICKHOUSE_DDL
+from services.writer.rows import CLICKHOUSE_DDL, CLICKHOUSE_TABLES, INSERTED_AT
 from services.writer.sinks import ClickHouseSink, PostgresSink, Sink
 from shared.config import Settings
 from shared.consumer import ensure_group
@@ -278,6 +279,36 @@ async def test_rows_record_when_they_were_inserted(settings: Settings) -> None:
         stamps = [msgspec.json.decode(line)["at"] for line in out.splitlines()]
         assert len(stamps) == 3
         assert all(before - 0.01 <= at <= after + 0.01 for at in stamps)
+    finally:
+        await sink.close()
+
+
+async def test_tables_made_with_low_cardinality_map_keys_still_fill(settings: Settings) -> None:
+    """Tables made before Map keys became plain String keep their type and take the same rows."""
+    db = settings.clickhouse_database
+    kinds: tuple[Kind, ...] = ("logs", "rum")
+    client = clickhouse_connect.get_client(dsn=settings.clickhouse_dsn)
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{db}`")
+    for kind in kinds:
+        old_ddl = re.sub(
+            r"Map\(String, (\w+)\)", r"Map(LowCardinality(String), \1)", CLICKHOUSE_DDL[kind]
+        )
+        assert old_ddl != CLICKHOUSE_DDL[kind]
+        client.command(old_ddl.format(db=f"`{db}`", ttl="", inserted_at=INSERTED_AT))
+    client.close()
+    sink = clickhouse_sink(settings)
+    await sink.start()
+    try:
+        for kind in kinds:
+            events = clean_events(kind, range(3), attrs={"region": "eu-west-1"})
+            await sink.insert(kind, stored(events), f"t-{kind}")
+            table = CLICKHOUSE_TABLES[kind]
+            out = await sink.query_json_lines(
+                f"SELECT id, attrs, toTypeName(attrs) AS type FROM `{db}`.{table} ORDER BY id"
+            )
+            rows = [msgspec.json.decode(line) for line in out.splitlines()]
+            assert [(r["id"], r["attrs"]) for r in rows] == sorted((e.id, e.attrs) for e in events)
+            assert {r["type"] for r in rows} == {"Map(LowCardinality(String), String)"}
     finally:
         await sink.close()
 
