@@ -23,6 +23,21 @@ async def make_key(redis: aioredis.Redis, namespace: str, tenant: str = "acme") 
     return await KeyStore(redis, Keys(namespace).api_keys).create(tenant)
 
 
+async def mark_seen(
+    redis: aioredis.Redis, namespace: str, kind: str, tenant: str, event_id: str, ttl_s: int = 60
+) -> None:
+    """The normalizer's dedupe marker for (tenant, id), as its commit script writes it."""
+    expires_ms = int(time.time() * 1000) + ttl_s * 1000
+    await redis.zadd(Keys(namespace).dedupe(kind, tenant), {event_id: expires_ms})
+
+
+async def forget_seen(
+    redis: aioredis.Redis, namespace: str, kind: str, tenant: str, event_ids: Sequence[str]
+) -> None:
+    """Drop dedupe markers, so the same events count as new again (a resend after the window)."""
+    await redis.zrem(Keys(namespace).dedupe(kind, tenant), *event_ids)
+
+
 def stored(events: Sequence[CleanEvent]) -> list[StoredEvent]:
     """Clean events as a writer holds them after reading the clean stream."""
     return [

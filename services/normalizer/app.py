@@ -122,6 +122,7 @@ class Normalizer(StoppableWorker):
                     self.streams,
                     [self.keys.stream(k, "raw") for k in self.kinds],
                     self.settings.trim_interval_s,
+                    dedupe_kinds=self.kinds,
                 )
             )
 
@@ -138,6 +139,9 @@ class Normalizer(StoppableWorker):
         while not self.stopping:
             try:
                 if not group_ready:
+                    await self.streams.prepare_dedupe(
+                        kind, self.group, self.settings.dedupe_window_s
+                    )
                     await ensure_group(self.redis, raw, self.group)
                     group_ready = True
                 if time.monotonic() - watermark_checked_at >= WATERMARK_CHECK_S:

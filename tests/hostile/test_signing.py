@@ -27,7 +27,14 @@ from shared.config import Settings
 from shared.schemas import KINDS, ApiKey
 from shared.signing import sign, signature_matches
 from shared.streams import Keys, xrange
-from tests.helpers import log_event, make_key, metric_event, ndjson, signed_request_headers
+from tests.helpers import (
+    log_event,
+    make_key,
+    mark_seen,
+    metric_event,
+    ndjson,
+    signed_request_headers,
+)
 
 PEER: Final = "203.0.113.7"
 LOGS: Final = "/v1/ingest/logs"
@@ -137,7 +144,7 @@ async def test_dedupe_markers_of_tenant_a_do_not_swallow_tenant_b_events(
     redis: aioredis.Redis,
     namespace: str,
 ) -> None:
-    await redis.set(Keys(namespace).seen("logs", key_a.tenant, "log-1"), "1", ex=60)
+    await mark_seen(redis, namespace, "logs", key_a.tenant, "log-1")
     body = ndjson([log_event(1)])
     as_a = await client.post(LOGS, content=body, headers=signed_request_headers(key_a, LOGS, body))
     as_b = await client.post(LOGS, content=body, headers=signed_request_headers(key_b, LOGS, body))

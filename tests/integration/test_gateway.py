@@ -29,6 +29,7 @@ from shared.streams import Keys, connect, xrange
 from tests.helpers import (
     log_event,
     make_key,
+    mark_seen,
     metric_event,
     ndjson,
     post_events,
@@ -323,11 +324,26 @@ async def test_ids_already_seen_downstream_count_as_duplicates(
     client: httpx.AsyncClient, key: ApiKey, redis: aioredis.Redis, namespace: str
 ) -> None:
     # the normalizer's dedupe marker for (tenant, id) within its window
-    await redis.set(Keys(namespace).seen("logs", key.tenant, "log-1"), "1", ex=60)
+    await mark_seen(redis, namespace, "logs", key.tenant, "log-1")
     response = await post_events(client, key, "logs", [log_event(1), log_event(2)])
 
     assert_accepted(response, accepted=1, duplicates=1)
     assert [e["id"] for e in await raw_entries(redis, namespace, "logs")] == [b"log-2"]
+
+
+async def test_markers_of_the_older_layout_count_while_they_may_exist(
+    client: httpx.AsyncClient, key: ApiKey, redis: aioredis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    # an earlier version's one-key-per-event marker, within the upgrade's grace window
+    await redis.set(keys.seen("logs", key.tenant, "log-1"), "1", ex=60)
+    await redis.set(keys.seen_until("logs"), str(int(time.time() * 1000) + 60_000))
+    response = await post_events(client, key, "logs", [log_event(1), log_event(2)])
+    assert_accepted(response, accepted=1, duplicates=1)
+
+    await redis.set(keys.seen_until("logs"), "0")  # a fresh install: none to look for
+    response = await post_events(client, key, "logs", [log_event(1)])
+    assert_accepted(response, accepted=1, duplicates=0)
 
 
 async def test_tenant_comes_from_the_key_never_from_the_body(

@@ -13,8 +13,7 @@ from services.writer.sinks import PostgresSink
 from shared.config import Settings
 from shared.events import parse_event
 from shared.schemas import CleanEvent
-from shared.streams import Keys
-from tests.helpers import NOW_NS, metric_event
+from tests.helpers import NOW_NS, forget_seen, metric_event
 from tests.integration.test_writer import append_clean, running_writer, wait_acked
 
 
@@ -58,7 +57,7 @@ async def test_histograms_are_stored_with_their_buckets_once(
     async with running_writer(settings, redis, [PostgresSink(pg_dsn, pg_schema)], ["metrics"]):
         await wait_acked(redis, namespace, "metrics")
     # delivered again (a DLQ replay, a resend after the dedupe window): still one row each
-    await redis.delete(*[Keys(namespace).seen("metrics", "acme", e.id) for e in events])
+    await forget_seen(redis, namespace, "metrics", "acme", [e.id for e in events])
     await append_clean(redis, namespace, "metrics", events)
     async with running_writer(settings, redis, [PostgresSink(pg_dsn, pg_schema)], ["metrics"]):
         await wait_acked(redis, namespace, "metrics")

@@ -16,11 +16,12 @@ import redis.asyncio as aioredis
 
 from services.normalizer.app import Normalizer
 from services.normalizer.enrich import MaxMindCityLookup, UserAgentParser, no_geo
-from services.normalizer.normalize import Enrichment
+from services.normalizer.normalize import Enrichment, to_clean_entry
 from shared.config import Settings
 from shared.consumer import ensure_group
-from shared.schemas import Kind, Log, Rum
-from shared.streams import Keys, Streams, connect, flatten_read, xrange
+from shared.events import parse_event
+from shared.schemas import CleanEntry, Kind, Log, Rum
+from shared.streams import PURGE_STEP, Keys, StageCommit, Streams, connect, flatten_read, xrange
 from tests.helpers import log_event, rum_event
 from tests.servers import unavailable
 
@@ -86,6 +87,11 @@ def normalizer(
     return Normalizer(settings, redis, kinds, consumer, enrichment())
 
 
+def clean_log(tenant: str, event_id: str) -> CleanEntry:
+    event = parse_event("logs", msgspec.json.encode(log_event(1, id=event_id)), tenant, 7)
+    return to_clean_entry(event, "logs")
+
+
 async def test_clean_entries_are_scrubbed_and_deduped(
     redis: aioredis.Redis, settings: Settings, namespace: str
 ) -> None:
@@ -118,8 +124,115 @@ async def test_dedupe_marker_lives_for_the_window(
         normalizer(msgspec.structs.replace(settings, dedupe_window_s=window_s), redis, "n1")
     ):
         await wait_for_len(redis, keys.stream("logs", "clean"), 1)
-    ttl_ms = await redis.pttl(keys.seen("logs", "acme", "a"))
+    expires_ms = await redis.zscore(keys.dedupe("logs", "acme"), "a")
+    assert expires_ms is not None
+    ttl_ms = expires_ms - time.time() * 1000
     assert window_s * 1000 - 15_000 < ttl_ms <= window_s * 1000
+    assert await redis.smembers(keys.dedupe_tenants("logs")) == {b"acme"}
+
+
+async def test_a_resend_after_the_window_is_a_new_clean_entry(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    clean = keys.stream("logs", "clean")
+    body = msgspec.json.encode(log_event(1, id="a"))
+    short = msgspec.structs.replace(settings, dedupe_window_s=1)
+    async with running(normalizer(short, redis, "n1")):
+        await append_raw(redis, keys, "logs", [body, body])
+        await wait_for_len(redis, clean, 1)
+        await append_raw(redis, keys, "logs", [body])  # within the window
+        await asyncio.sleep(0.5)
+        assert await redis.xlen(clean) == 1
+        await asyncio.sleep(1.0)  # the marker has expired, whether or not it was purged yet
+        await append_raw(redis, keys, "logs", [body])
+        await wait_for_len(redis, clean, 2)
+
+
+async def test_one_batch_dedupes_each_tenant_on_its_own(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    streams = Streams(redis, keys)
+    outputs = [
+        clean_log(tenant, event_id)
+        for tenant, event_id in [("t-a", "x"), ("t-b", "x"), ("t-a", "x"), ("t-a", "y")]
+    ]
+    added = await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10)
+    assert added == (3, 1)
+    again = await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10)
+    assert again == (0, 4)
+    assert await redis.smembers(keys.dedupe_tenants("logs")) == {b"t-a", b"t-b"}
+
+
+async def test_purge_removes_expired_markers_in_bounded_steps(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    now_ms = int(time.time() * 1000)
+    expired = {f"old-{i}": now_ms - 1000 - i for i in range(PURGE_STEP + 2_500)}
+    await redis.zadd(keys.dedupe("logs", "t-a"), {**expired, "live": now_ms + 60_000})
+    await redis.zadd(keys.dedupe("logs", "t-b"), {"old": now_ms - 1})
+    await redis.sadd(keys.dedupe_tenants("logs"), "t-a", "t-b")
+
+    removed = await Streams(redis, keys).purge_dedupe("logs")
+
+    assert removed == PURGE_STEP + 2_500 + 1
+    assert await redis.zrange(keys.dedupe("logs", "t-a"), 0, -1) == [b"live"]
+    assert not await redis.exists(keys.dedupe("logs", "t-b"))
+    assert await redis.smembers(keys.dedupe_tenants("logs")) == {b"t-a"}
+
+
+async def test_normalizers_purge_expired_markers_of_idle_tenants(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    await redis.zadd(keys.dedupe("logs", "gone"), {"a": 1, "b": 2})
+    await redis.sadd(keys.dedupe_tenants("logs"), "gone")
+    async with running(normalizer(settings, redis, "n1")):
+        deadline = asyncio.get_running_loop().time() + 10
+        while await redis.exists(keys.dedupe("logs", "gone")):
+            assert asyncio.get_running_loop().time() < deadline, "expired markers never purged"
+            await asyncio.sleep(0.1)
+    assert await redis.smembers(keys.dedupe_tenants("logs")) == set()
+
+
+async def test_markers_of_the_older_layout_count_for_one_window_after_an_upgrade(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    raw, clean = keys.stream("logs", "raw"), keys.stream("logs", "clean")
+    # what an earlier version left: its group, and one `SET NX` key per event it normalized
+    await ensure_group(redis, raw, "normalizers")
+    await redis.set(keys.seen("logs", "acme", "old"), "1", ex=3600)
+    bodies = [
+        msgspec.json.encode(log_event(1, id="old")),
+        msgspec.json.encode(log_event(2, id="new")),
+    ]
+    await append_raw(redis, keys, "logs", bodies)
+    async with running(normalizer(settings, redis, "n1")):
+        await wait_for_len(redis, clean, 1)
+        await asyncio.sleep(0.3)
+    assert [f[b"id"] for _, f in await xrange(redis, clean)] == [b"new"]
+    seen_until = int(await redis.get(keys.seen_until("logs")) or 0)
+    expected = time.time() * 1000 + settings.dedupe_window_s * 1000
+    assert expected - 15_000 < seen_until <= expected
+
+
+async def test_a_fresh_install_never_looks_for_older_markers(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    streams = Streams(redis, keys)
+    assert await streams.prepare_dedupe("logs", "normalizers", 3600) == 0
+    await ensure_group(redis, keys.stream("logs", "raw"), "normalizers")
+    assert await streams.prepare_dedupe("logs", "normalizers", 3600) == 0  # decided once
+    await redis.set(keys.seen("logs", "acme", "x"), "1", ex=60)
+    outputs = [clean_log("acme", "x")]
+    assert await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10) == (
+        1,
+        0,
+    )
 
 
 async def test_invalid_events_go_to_the_dlq_with_reason(

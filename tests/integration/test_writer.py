@@ -28,7 +28,7 @@ from shared.consumer import ensure_group
 from shared.events import parse_event
 from shared.schemas import CleanEvent, GeoInfo, Kind, Log, Rum, Span, UserAgentInfo
 from shared.streams import Keys, StageCommit, Streams, flatten_read, xrange
-from tests.helpers import log_event, metric_event, rum_event, span_event, stored
+from tests.helpers import forget_seen, log_event, metric_event, rum_event, span_event, stored
 
 FACTORIES: dict[Kind, Callable[..., dict[str, Any]]] = {
     "logs": log_event,
@@ -322,7 +322,7 @@ async def test_metrics_go_to_postgres_once_even_when_redelivered(
     async with running_writer(settings, redis, [sink], ["metrics"]):
         await wait_acked(redis, namespace, "metrics")
     # the same events arrive again as new clean entries (e.g. replayed from the DLQ)
-    await redis.delete(*[Keys(namespace).seen("metrics", "acme", e.id) for e in events[:100]])
+    await forget_seen(redis, namespace, "metrics", "acme", [e.id for e in events[:100]])
     await append_clean(redis, namespace, "metrics", events[:100])
     sink = PostgresSink(pg_dsn, pg_schema)
     async with running_writer(settings, redis, [sink], ["metrics"]):
