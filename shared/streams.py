@@ -7,8 +7,9 @@ script may touch the streams, dedupe, idempotency, replay and rate keys of that 
     <ns>:{KIND}:dedupe:<tenant>             dedupe markers: sorted set of event ids, each scored by
                                             the millisecond its window ends (normalizer)
     <ns>:{KIND}:dedupe-tenants              set of the tenants with such a sorted set (for purging)
-    <ns>:{KIND}:seen:<tenant>:<event id>    the older layout's marker, one key per event (TTL =
-                                            window); still honoured until `seen-until`
+    <ns>:{KIND}:seen:<tenant>:<event id>    one key per marker (TTL = window): profiles' markers,
+                                            and events' in the older layout (honoured until
+                                            `seen-until`)
     <ns>:{KIND}:seen-until                  ms until which older markers may exist (0: none)
     <ns>:{KIND}:idem:<tenant>:<sha256>      first 202 answer for an Idempotency-Key
     <ns>:{KIND}:sig:<signature>             replay guard for a signature (TTL > signing window)
