@@ -6,11 +6,13 @@ script may touch the streams, dedupe, idempotency, replay and rate keys of that 
     <ns>:{KIND}:raw | clean | dlq           streams, one entry per event, plain UTF-8 fields
     <ns>:{KIND}:dedupe:<tenant>             dedupe markers: sorted set of event ids, each scored by
                                             the millisecond its window ends (normalizer)
-    <ns>:{KIND}:dedupe-tenants              set of the tenants with such a sorted set (for purging)
+    <ns>:{KIND}:dedupe-tenants              the tenants with such a sorted set, each scored by
+                                            the earliest end of a window in it (for purging)
     <ns>:{KIND}:seen:<tenant>:<event id>    one key per marker (TTL = window): profiles' markers,
                                             and events' in the older layout (honoured until
                                             `seen-until`)
-    <ns>:{KIND}:seen-until                  ms until which older markers may exist (0: none)
+    <ns>:{KIND}:seen-until                  ms until which older markers may exist (0: none);
+                                            until then the commit writes them too
     <ns>:{KIND}:idem:<tenant>:<sha256>      first 202 answer for an Idempotency-Key
     <ns>:{KIND}:sig:<signature>             replay guard for a signature (TTL > signing window)
     <ns>:{KIND}:rate:<tenant>               token bucket
@@ -210,8 +212,12 @@ def entry_as_json(entry_id: bytes, fields: Fields) -> bytes:
 # Redis's CPU per log event fell by ~2.5 us of ~19-22. An expired member counts as unseen, so the
 # window is exact whenever the purge runs; the purge (`purge_dedupe`, from each normalizer's
 # housekeeping loop) removes expired members in bounded steps, never a whole big key at once.
-# Markers of the older layout (one key per event, `seen:<tenant>:<id>`) are honoured until
-# `seen-until` (set once, by `PREPARE_DEDUPE`, to a window after the first start of this layout).
+# Upgrading from the older layout (one key per event, `seen:<tenant>:<id>`): `PREPARE_DEDUPE`
+# decides once whether such keys may exist, and if so sets `seen-until` a window plus
+# UPGRADE_GRACE_MS after the first start of this layout. Until then the gateway and the commit
+# also look the older keys up, and the commit also writes them, so that older replicas still
+# running beside new ones (a rolling update) and a rollback within that time see what new ones
+# marked. A missing `seen-until` is read as "they may exist".
 NOW_MS: Final = """
 local function now_ms()
   local now = redis.call('TIME')
@@ -234,7 +240,7 @@ local function seen_positions(set_key, seen_until_key, legacy_prefix, ids, now)
     end
   end
   local seen_until = redis.call('GET', seen_until_key)
-  if seen_until and tonumber(seen_until) > now then
+  if not seen_until or tonumber(seen_until) > now then
     local keys, positions = {}, {}
     for i = 1, #ids do
       if not seen[i] then
@@ -256,7 +262,7 @@ end
 """
 )
 
-# KEYS: seen-until key, raw stream. ARGV: normalizer group, window ms.
+# KEYS: seen-until key, raw stream. ARGV: normalizer group, window ms + grace ms.
 # Run by each normalizer before it consumes a kind. The first run of this layout decides, for
 # good, whether older markers may exist: they do if the normalizers' group already existed.
 PREPARE_DEDUPE: Final = (
@@ -274,21 +280,31 @@ return string.format('%d', seen_until)
 """
 )
 
-# KEYS: dedupe-tenants set, the tenant's sorted set. ARGV: tenant, most members to remove.
-# Returns how many expired members were removed; forgets the tenant once its set is gone.
+# KEYS: dedupe-tenants, the tenant's sorted set. ARGV: tenant, most members to remove.
+# Returns how many expired members were removed; re-scores the tenant by its earliest window
+# end left, or forgets it once its set is gone.
 PURGE_DEDUPE: Final = (
     NOW_MS
     + """
 local expired = redis.call('ZCOUNT', KEYS[2], '-inf', now_ms())
 local removed = math.min(expired, tonumber(ARGV[2]))
 if removed > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, removed - 1) end
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+if first[2] then
+  redis.call('ZADD', KEYS[1], first[2], ARGV[1])
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
 return removed
 """
 )
 
 # At most this many members per purge call (~7 ms of Redis here): others are served in between.
 PURGE_STEP: Final = 10_000
+# Tenants looked at per purge pass; the rest wait for the next pass.
+PURGE_TENANTS: Final = 1_000
+# How long after the first start of the sorted sets older replicas may still write per-event keys.
+UPGRADE_GRACE_MS: Final = 3_600_000
 
 # --- Lua: gateway append ------------------------------------------------------------------------
 
@@ -363,9 +379,10 @@ return {'ok', answer}
 
 # --- Lua: stage commit (normalizer and writer) ----------------------------------------------------
 
-# KEYS: input stream, output stream, dlq stream, dedupe-tenants set, seen-until key
+# KEYS: input stream, output stream, dlq stream, dedupe-tenants, seen-until key
 # ARGV: group, dedupe ttl, dlq maxlen, dedupe-set prefix (`...:dedupe:`), seen-key prefix
-#       (`...:seen:`), MessagePack [[tenant, kind, id, received_at, body], ...] outputs,
+#       (`...:seen:`), upgrade grace ms,
+#       MessagePack [[tenant, kind, id, received_at, body], ...] outputs,
 #       MessagePack [id, ...] input ids to acknowledge,
 #       then per dead letter (tenant, kind, id, received_at, body, reason, stage, attempts, ip,
 #       ua) as plain arguments: rare, and their bytes may be anything a client or operator wrote.
@@ -375,12 +392,19 @@ STAGE_COMMIT: Final = (
     + """
 local group, ttl, dlq_maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local dedupe_prefix, seen_prefix = ARGV[4], ARGV[5]
-local outputs = cmsgpack.unpack(ARGV[6])
-local acked = cmsgpack.unpack(ARGV[7])
+local outputs = cmsgpack.unpack(ARGV[7])
+local acked = cmsgpack.unpack(ARGV[8])
 local added, dups = 0, 0
 if #outputs > 0 then
   local now = now_ms()
   local expire_at = string.format('%d', now + ttl * 1000)
+  local seen_until = redis.call('GET', KEYS[5])
+  if not seen_until then
+    -- lost (deleted, evicted): older markers may exist for all we know
+    seen_until = string.format('%d', now + ttl * 1000 + tonumber(ARGV[6]))
+    redis.call('SET', KEYS[5], seen_until)
+  end
+  local upgrading = tonumber(seen_until) > now
   local by_tenant, tenants = {}, {}
   for i, out in ipairs(outputs) do
     local positions = by_tenant[out[1]]
@@ -414,7 +438,13 @@ if #outputs > 0 then
       for c = 1, #marks, 1000 do
         redis.call('ZADD', set_key, unpack(marks, c, math.min(c + 999, #marks)))
       end
-      redis.call('SADD', KEYS[4], tenant)
+      -- NX: a tenant already listed has an earlier window end than these
+      redis.call('ZADD', KEYS[4], 'NX', expire_at, tenant)
+      if upgrading then
+        for m = 2, #marks, 2 do
+          redis.call('SET', seen_prefix .. tenant .. ':' .. marks[m], '1', 'PXAT', expire_at)
+        end
+      end
     end
   end
   for i, out in ipairs(outputs) do
@@ -425,7 +455,7 @@ if #outputs > 0 then
     end
   end
 end
-for o = 7, #ARGV - 1, 10 do
+for o = 8, #ARGV - 1, 10 do
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', dlq_maxlen, '*', 'tenant', ARGV[o + 1],
     'kind', ARGV[o + 2], 'id', ARGV[o + 3], 'received_at', ARGV[o + 4], 'body', ARGV[o + 5],
     'reason', ARGV[o + 6], 'stage', ARGV[o + 7], 'attempts', ARGV[o + 8],
@@ -555,6 +585,7 @@ class Streams:
             dlq_maxlen,
             self.keys.dedupe_prefix(kind),
             self.keys.seen_prefix(kind),
+            UPGRADE_GRACE_MS,
             _msgpack.encode(outputs),
             _msgpack.encode([entry_id.decode() for entry_id in batch.acked]),
         ]
@@ -567,13 +598,17 @@ class Streams:
         """Before a normalizer consumes `kind`: returns the ms until which markers of the older
         layout are honoured (0: there are none)."""
         keys = [self.keys.seen_until(kind), self.keys.stream(kind, "raw")]
-        return int(await self._prepare_dedupe(keys=keys, args=[group, window_s * 1000]))
+        args: list[str | int] = [group, window_s * 1000 + UPGRADE_GRACE_MS]
+        return int(await self._prepare_dedupe(keys=keys, args=args))
 
     async def purge_dedupe(self, kind: Kind) -> int:
-        """Remove every expired dedupe marker of `kind`, in bounded steps; returns how many."""
+        """Remove the expired dedupe markers of `kind`, in bounded steps; returns how many."""
         tenants_key = self.keys.dedupe_tenants(kind)
+        seconds, micros = await self.redis.time()
+        now_ms = seconds * 1000 + micros // 1000
+        due = await self.redis.zrangebyscore(tenants_key, "-inf", now_ms, 0, PURGE_TENANTS)
         removed = 0
-        for tenant in cast(set[bytes], await self.redis.smembers(tenants_key)):
+        for tenant in cast(list[bytes], due):
             keys = [tenants_key, self.keys.dedupe(kind, tenant.decode())]
             while True:
                 step = int(await self._purge_dedupe(keys=keys, args=[tenant, PURGE_STEP]))

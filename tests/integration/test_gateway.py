@@ -335,13 +335,24 @@ async def test_markers_of_the_older_layout_count_while_they_may_exist(
     client: httpx.AsyncClient, key: ApiKey, redis: aioredis.Redis, namespace: str
 ) -> None:
     keys = Keys(namespace)
-    # an earlier version's one-key-per-event marker, within the upgrade's grace window
+    # an earlier version's one-key-per-event marker; no normalizer of this layout has started
     await redis.set(keys.seen("logs", key.tenant, "log-1"), "1", ex=60)
-    await redis.set(keys.seen_until("logs"), str(int(time.time() * 1000) + 60_000))
     response = await post_events(client, key, "logs", [log_event(1), log_event(2)])
     assert_accepted(response, accepted=1, duplicates=1)
 
+    await redis.set(keys.seen_until("logs"), str(int(time.time() * 1000) + 60_000))
+    response = await post_events(client, key, "logs", [log_event(1), log_event(3)])
+    assert_accepted(response, accepted=1, duplicates=1)
+
     await redis.set(keys.seen_until("logs"), "0")  # a fresh install: none to look for
+    response = await post_events(client, key, "logs", [log_event(1)])
+    assert_accepted(response, accepted=1, duplicates=0)
+
+
+async def test_an_expired_marker_counts_as_unseen(
+    client: httpx.AsyncClient, key: ApiKey, redis: aioredis.Redis, namespace: str
+) -> None:
+    await mark_seen(redis, namespace, "logs", key.tenant, "log-1", ttl_s=-1)  # not purged yet
     response = await post_events(client, key, "logs", [log_event(1)])
     assert_accepted(response, accepted=1, duplicates=0)
 

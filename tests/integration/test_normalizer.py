@@ -21,7 +21,16 @@ from shared.config import Settings
 from shared.consumer import ensure_group
 from shared.events import parse_event
 from shared.schemas import CleanEntry, Kind, Log, Rum
-from shared.streams import PURGE_STEP, Keys, StageCommit, Streams, connect, flatten_read, xrange
+from shared.streams import (
+    PURGE_STEP,
+    UPGRADE_GRACE_MS,
+    Keys,
+    StageCommit,
+    Streams,
+    connect,
+    flatten_read,
+    xrange,
+)
 from tests.helpers import log_event, rum_event
 from tests.servers import unavailable
 
@@ -128,7 +137,10 @@ async def test_dedupe_marker_lives_for_the_window(
     assert expires_ms is not None
     ttl_ms = expires_ms - time.time() * 1000
     assert window_s * 1000 - 15_000 < ttl_ms <= window_s * 1000
-    assert await redis.smembers(keys.dedupe_tenants("logs")) == {b"acme"}
+    assert await redis.zrange(keys.dedupe_tenants("logs"), 0, -1, withscores=True) == [
+        (b"acme", expires_ms)
+    ]
+    assert not await redis.exists(keys.seen("logs", "acme", "a"))  # a fresh install: none
 
 
 async def test_a_resend_after_the_window_is_a_new_clean_entry(
@@ -137,14 +149,16 @@ async def test_a_resend_after_the_window_is_a_new_clean_entry(
     keys = Keys(namespace)
     clean = keys.stream("logs", "clean")
     body = msgspec.json.encode(log_event(1, id="a"))
-    short = msgspec.structs.replace(settings, dedupe_window_s=1)
+    # no purge during the test: the expired marker is still there, and must count as unseen
+    short = msgspec.structs.replace(settings, dedupe_window_s=1, trim_interval_s=3600)
     async with running(normalizer(short, redis, "n1")):
         await append_raw(redis, keys, "logs", [body, body])
         await wait_for_len(redis, clean, 1)
         await append_raw(redis, keys, "logs", [body])  # within the window
         await asyncio.sleep(0.5)
         assert await redis.xlen(clean) == 1
-        await asyncio.sleep(1.0)  # the marker has expired, whether or not it was purged yet
+        await asyncio.sleep(1.0)
+        assert await redis.zscore(keys.dedupe("logs", "acme"), "a") is not None
         await append_raw(redis, keys, "logs", [body])
         await wait_for_len(redis, clean, 2)
 
@@ -162,7 +176,29 @@ async def test_one_batch_dedupes_each_tenant_on_its_own(
     assert added == (3, 1)
     again = await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10)
     assert again == (0, 4)
-    assert await redis.smembers(keys.dedupe_tenants("logs")) == {b"t-a", b"t-b"}
+    assert await redis.zrange(keys.dedupe_tenants("logs"), 0, -1) == [b"t-a", b"t-b"]
+
+
+async def test_a_commit_larger_than_one_redis_call_dedupes_every_id(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    streams = Streams(redis, keys)
+    await streams.prepare_dedupe("logs", "normalizers", 60)
+    await redis.set(keys.seen_until("logs"), str(int(time.time() * 1000) + 60_000))
+    await redis.zadd(keys.dedupe("logs", "acme"), {"id-700": int(time.time() * 1000) + 60_000})
+    await redis.set(keys.seen("logs", "acme", "id-900"), "1", ex=60)  # an older-layout marker
+    ids = [f"id-{i}" for i in range(1_203)] + ["id-1100"]  # and one repeated within the batch
+    outputs = [clean_log("acme", i) for i in ids]
+
+    added = await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10)
+
+    assert added == (1_201, 3)
+    stored = [f[b"id"].decode() for _, f in await xrange(redis, keys.stream("logs", "clean"))]
+    assert stored == [i for i in ids[:1_203] if i not in ("id-700", "id-900")]
+    assert await redis.zcard(keys.dedupe("logs", "acme")) == 1_202
+    # while older replicas may run, the commit also writes their markers
+    assert await redis.exists(keys.seen("logs", "acme", "id-1202"))
 
 
 async def test_purge_removes_expired_markers_in_bounded_steps(
@@ -171,16 +207,20 @@ async def test_purge_removes_expired_markers_in_bounded_steps(
     keys = Keys(namespace)
     now_ms = int(time.time() * 1000)
     expired = {f"old-{i}": now_ms - 1000 - i for i in range(PURGE_STEP + 2_500)}
-    await redis.zadd(keys.dedupe("logs", "t-a"), {**expired, "live": now_ms + 60_000})
+    live = now_ms + 60_000
+    await redis.zadd(keys.dedupe("logs", "t-a"), {**expired, "live": live})
     await redis.zadd(keys.dedupe("logs", "t-b"), {"old": now_ms - 1})
-    await redis.sadd(keys.dedupe_tenants("logs"), "t-a", "t-b")
+    await redis.zadd(keys.dedupe("logs", "t-c"), {"later": live})  # nothing due: not looked at
+    tenants = keys.dedupe_tenants("logs")
+    await redis.zadd(tenants, {"t-a": now_ms - 3_000, "t-b": now_ms - 1, "t-c": live})
 
     removed = await Streams(redis, keys).purge_dedupe("logs")
 
     assert removed == PURGE_STEP + 2_500 + 1
     assert await redis.zrange(keys.dedupe("logs", "t-a"), 0, -1) == [b"live"]
     assert not await redis.exists(keys.dedupe("logs", "t-b"))
-    assert await redis.smembers(keys.dedupe_tenants("logs")) == {b"t-a"}
+    # each tenant left is scored by its earliest window end
+    assert await redis.zrange(tenants, 0, -1, withscores=True) == [(b"t-a", live), (b"t-c", live)]
 
 
 async def test_normalizers_purge_expired_markers_of_idle_tenants(
@@ -188,13 +228,13 @@ async def test_normalizers_purge_expired_markers_of_idle_tenants(
 ) -> None:
     keys = Keys(namespace)
     await redis.zadd(keys.dedupe("logs", "gone"), {"a": 1, "b": 2})
-    await redis.sadd(keys.dedupe_tenants("logs"), "gone")
+    await redis.zadd(keys.dedupe_tenants("logs"), {"gone": 1})
     async with running(normalizer(settings, redis, "n1")):
         deadline = asyncio.get_running_loop().time() + 10
         while await redis.exists(keys.dedupe("logs", "gone")):
             assert asyncio.get_running_loop().time() < deadline, "expired markers never purged"
             await asyncio.sleep(0.1)
-    assert await redis.smembers(keys.dedupe_tenants("logs")) == set()
+    assert await redis.zcard(keys.dedupe_tenants("logs")) == 0
 
 
 async def test_markers_of_the_older_layout_count_for_one_window_after_an_upgrade(
@@ -215,8 +255,28 @@ async def test_markers_of_the_older_layout_count_for_one_window_after_an_upgrade
         await asyncio.sleep(0.3)
     assert [f[b"id"] for _, f in await xrange(redis, clean)] == [b"new"]
     seen_until = int(await redis.get(keys.seen_until("logs")) or 0)
-    expected = time.time() * 1000 + settings.dedupe_window_s * 1000
+    expected = time.time() * 1000 + settings.dedupe_window_s * 1000 + UPGRADE_GRACE_MS
     assert expected - 15_000 < seen_until <= expected
+    # an older replica, still running beside this one, must see what this one marked
+    ttl_ms = await redis.pttl(keys.seen("logs", "acme", "new"))
+    assert settings.dedupe_window_s * 1000 - 15_000 < ttl_ms <= settings.dedupe_window_s * 1000
+
+
+async def test_a_lost_upgrade_decision_is_taken_as_older_markers_may_exist(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    streams = Streams(redis, keys)
+    assert await streams.prepare_dedupe("logs", "normalizers", 60) == 0
+    await redis.delete(keys.seen_until("logs"))  # evicted or deleted by hand
+    await redis.set(keys.seen("logs", "acme", "x"), "1", ex=60)
+    outputs = [clean_log("acme", "x"), clean_log("acme", "y")]
+    assert await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10) == (
+        1,
+        1,
+    )
+    seen_until = int(await redis.get(keys.seen_until("logs")) or 0)
+    assert seen_until > time.time() * 1000 + 60_000
 
 
 async def test_a_fresh_install_never_looks_for_older_markers(
