@@ -228,8 +228,8 @@ end
 SEEN_POSITIONS: Final = (
     NOW_MS
     + """
--- {[i] = true} for each ids[i] seen within its window
-local function seen_positions(set_key, seen_until_key, legacy_prefix, ids, now)
+-- {[i] = true} for each ids[i] seen within its window; `seen_until` is GET seen-until
+local function seen_positions(set_key, seen_until, legacy_prefix, ids, now)
   local seen = {}
   for c = 1, #ids, 500 do
     local last = math.min(c + 499, #ids)
@@ -239,7 +239,6 @@ local function seen_positions(set_key, seen_until_key, legacy_prefix, ids, now)
       if score and tonumber(score) > now then seen[i] = true end
     end
   end
-  local seen_until = redis.call('GET', seen_until_key)
   if not seen_until or tonumber(seen_until) > now then
     local keys, positions = {}, {}
     for i = 1, #ids do
@@ -338,7 +337,7 @@ if redis.call('XLEN', raw) >= tonumber(ARGV[1]) then return {'backlog', '1'} end
 local events = cmsgpack.unpack(ARGV[14])
 local ids = {}
 for i = 1, #events do ids[i] = events[i][1] end
-local seen = seen_positions(KEYS[5], KEYS[6], ARGV[13], ids, now_ms())
+local seen = seen_positions(KEYS[5], redis.call('GET', KEYS[6]), ARGV[13], ids, now_ms())
 local fresh = {}
 local dups = 0
 local in_batch = {}
@@ -421,7 +420,7 @@ if #outputs > 0 then
     local ids = {}
     for j, i in ipairs(positions) do ids[j] = outputs[i][3] end
     local set_key = dedupe_prefix .. tenant
-    local seen = seen_positions(set_key, KEYS[5], seen_prefix .. tenant .. ':', ids, now)
+    local seen = seen_positions(set_key, seen_until, seen_prefix .. tenant .. ':', ids, now)
     local in_batch, marks = {}, {}
     for j, i in ipairs(positions) do
       local id = ids[j]
