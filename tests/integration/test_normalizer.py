@@ -101,6 +101,11 @@ def clean_log(tenant: str, event_id: str) -> CleanEntry:
     return to_clean_entry(event, "logs")
 
 
+async def commit(streams: Streams, outputs: Sequence[CleanEntry]) -> tuple[int, int]:
+    """The normalizer's commit of `outputs` (nothing to acknowledge): (added, duplicates)."""
+    return await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10)
+
+
 async def test_clean_entries_are_scrubbed_and_deduped(
     redis: aioredis.Redis, settings: Settings, namespace: str
 ) -> None:
@@ -172,9 +177,9 @@ async def test_one_batch_dedupes_each_tenant_on_its_own(
         clean_log(tenant, event_id)
         for tenant, event_id in [("t-a", "x"), ("t-b", "x"), ("t-a", "x"), ("t-a", "y")]
     ]
-    added = await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10)
+    added = await commit(streams, outputs)
     assert added == (3, 1)
-    again = await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10)
+    again = await commit(streams, outputs)
     assert again == (0, 4)
     assert await redis.zrange(keys.dedupe_tenants("logs"), 0, -1) == [b"t-a", b"t-b"]
 
@@ -191,7 +196,7 @@ async def test_a_commit_larger_than_one_redis_call_dedupes_every_id(
     ids = [f"id-{i}" for i in range(1_203)] + ["id-1100"]  # and one repeated within the batch
     outputs = [clean_log("acme", i) for i in ids]
 
-    added = await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10)
+    added = await commit(streams, outputs)
 
     assert added == (1_201, 3)
     stored = [f[b"id"].decode() for _, f in await xrange(redis, keys.stream("logs", "clean"))]
@@ -262,24 +267,7 @@ async def test_markers_of_the_older_layout_count_for_one_window_after_an_upgrade
     assert settings.dedupe_window_s * 1000 - 15_000 < ttl_ms <= settings.dedupe_window_s * 1000
 
 
-async def test_a_lost_upgrade_decision_is_taken_as_older_markers_may_exist(
-    redis: aioredis.Redis, namespace: str
-) -> None:
-    keys = Keys(namespace)
-    streams = Streams(redis, keys)
-    assert await streams.prepare_dedupe("logs", "normalizers", 60) == 0
-    await redis.delete(keys.seen_until("logs"))  # evicted or deleted by hand
-    await redis.set(keys.seen("logs", "acme", "x"), "1", ex=60)
-    outputs = [clean_log("acme", "x"), clean_log("acme", "y")]
-    assert await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10) == (
-        1,
-        1,
-    )
-    seen_until = int(await redis.get(keys.seen_until("logs")) or 0)
-    assert seen_until > time.time() * 1000 + 60_000
-
-
-async def test_a_fresh_install_never_looks_for_older_markers(
+async def test_a_fresh_install_never_looks_for_older_markers_unless_the_decision_is_lost(
     redis: aioredis.Redis, namespace: str
 ) -> None:
     keys = Keys(namespace)
@@ -288,11 +276,13 @@ async def test_a_fresh_install_never_looks_for_older_markers(
     await ensure_group(redis, keys.stream("logs", "raw"), "normalizers")
     assert await streams.prepare_dedupe("logs", "normalizers", 3600) == 0  # decided once
     await redis.set(keys.seen("logs", "acme", "x"), "1", ex=60)
-    outputs = [clean_log("acme", "x")]
-    assert await streams.commit("logs", "normalizers", "raw", StageCommit([], outputs), 60, 10) == (
-        1,
-        0,
-    )
+    assert await commit(streams, [clean_log("acme", "x")]) == (1, 0)
+
+    await redis.delete(keys.seen_until("logs"))  # evicted or deleted by hand
+    await redis.set(keys.seen("logs", "acme", "y"), "1", ex=60)
+    assert await commit(streams, [clean_log("acme", "y"), clean_log("acme", "z")]) == (1, 1)
+    seen_until = int(await redis.get(keys.seen_until("logs")) or 0)
+    assert seen_until > time.time() * 1000 + 60_000
 
 
 async def test_invalid_events_go_to_the_dlq_with_reason(
