@@ -28,7 +28,9 @@ COPY pyproject.toml ./
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('requirements.txt', 'w').write('\n'.join(d for d in deps if not d.lower().startswith('chdb')) + '\n')" \
     && pip install -r requirements.txt
 
-COPY README.md ./
+# setup.py compiles the hot path with mypyc (build-essential is in this stage): the runtime stage
+# gets the compiled modules in the virtualenv.
+COPY README.md setup.py ./
 COPY shared ./shared
 COPY services ./services
 COPY rivulet_cli ./rivulet_cli

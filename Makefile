@@ -9,23 +9,32 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(COMPILED_STAMP)
 
-up: $(STAMP)
+# The mypyc-compiled modules (pyproject's [tool.rivulet] compiled) sit beside their sources, and
+# Python imports the compiled one first: rebuild them whenever a source changes.
+COMPILED_STAMP := $(VENV)/.compiled
+COMPILED := $(shell $(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['rivulet']['compiled'])")
+
+$(COMPILED_STAMP): $(COMPILED) | $(STAMP)
+	$(BIN)/python setup.py --quiet build_ext --inplace
+	touch $(COMPILED_STAMP)
+
+up: $(STAMP) $(COMPILED_STAMP)
 	$(BIN)/rivulet up
 
 # Regenerates services/profiler/profile_pb2.py(i) from proto/profile.proto.
 proto: $(STAMP)
 	$(BIN)/python -m services.profiler.build_proto
 
-lint: $(STAMP)
+lint: $(STAMP) $(COMPILED_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m services.profiler.build_proto --check
 
-typecheck: $(STAMP)
+typecheck: $(STAMP) $(COMPILED_STAMP)
 	$(BIN)/mypy
 
 # pytest exits 5 when it collects nothing: that is a failure here too.
@@ -34,8 +43,9 @@ test: lint typecheck
 
 # Figures, not assertions: raw limits of Redis/ClickHouse/PostgreSQL, then the pipeline.
 # Pass options with ARGS, e.g. `make bench ARGS="--events 50000 --json bench.json"`.
-bench: $(STAMP)
+bench: $(STAMP) $(COMPILED_STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache
+	find . -path ./.venv -prune -o -name '*.cpython-*.so' -print -delete
+	rm -rf $(VENV) var build .mypy_cache .ruff_cache
