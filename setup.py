@@ -2,7 +2,7 @@
 
 The modules in `[tool.rivulet] compiled` (event validation, PII scrubbing, normalisation) are
 compiled with mypyc when it and a C compiler are present: the same source, type-checked by
-`mypy --strict`, at ~22% fewer instructions per normalised log event and ~33% fewer per
+`mypy --strict`, at ~22% fewer instructions per normalised log event and ~32% fewer per
 gateway validation (docs/performance.md). Without a compiler, or with RIVULET_PURE_PYTHON=1,
 the pure-Python modules are installed and behave the same. A compiler that is present but
 fails stops the install with its error; RIVULET_PURE_PYTHON=1 then installs without it.
