@@ -9,16 +9,19 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# Installed pure first: mypyc type-checks what the compiled modules import, so it runs once the
+# dependencies are in the venv (below).
 $(STAMP): pyproject.toml setup.py | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP) $(COMPILED_STAMP)
+	RIVULET_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
 
 # The mypyc-compiled modules (pyproject's [tool.rivulet] compiled) sit beside their sources, and
-# Python imports the compiled one first: rebuild them whenever a source changes.
+# Python imports the compiled one first: rebuild them whenever a source changes. Without a C
+# compiler, or with RIVULET_PURE_PYTHON=1, this builds nothing.
 COMPILED_STAMP := $(VENV)/.compiled
 COMPILED := $(shell $(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['rivulet']['compiled'])")
 
-$(COMPILED_STAMP): $(COMPILED) | $(STAMP)
+$(COMPILED_STAMP): $(STAMP) $(COMPILED)
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(COMPILED_STAMP)
 
@@ -47,5 +50,5 @@ bench: $(STAMP) $(COMPILED_STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 
 clean:
-	find . -path ./.venv -prune -o -name '*.cpython-*.so' -print -delete
+	find . -name '*.cpython-*.so' -not -path './.venv/*' -delete
 	rm -rf $(VENV) var build .mypy_cache .ruff_cache

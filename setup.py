@@ -4,8 +4,10 @@ The modules in `[tool.rivulet] compiled` (event validation, PII scrubbing, norma
 compiled with mypyc when it and a C compiler are present: the same source, type-checked by
 `mypy --strict`, at ~22% fewer instructions per normalised log event and ~32% fewer per
 gateway validation (docs/performance.md). Without a compiler, or with RIVULET_PURE_PYTHON=1,
-the pure-Python modules are installed and behave the same. A compiler that is present but
-fails stops the install with its error; RIVULET_PURE_PYTHON=1 then installs without it.
+the pure-Python modules are installed and behave the same. mypyc type-checks what the modules
+import, so the dependencies must be installed first: `make` installs the project pure, then
+compiles in place (`setup.py build_ext --inplace`); the Dockerfile installs the dependencies
+before the project. When mypyc cannot run, the install goes on as pure Python, with a warning.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
+# The group's shared library lives inside a package, where an editable install finds it even
+# when it was built after the install (`make`).
+GROUP_NAME = "shared.rivulet_compiled"
 
 
 def compiled_sources() -> list[str]:
@@ -42,7 +47,15 @@ def ext_modules() -> list[Extension]:
         from mypyc.build import mypycify
     except ImportError:
         return []
-    extensions: list[Extension] = mypycify(compiled_sources(), opt_level="3", group_name="rivulet")
+    try:
+        extensions: list[Extension] = mypycify(
+            compiled_sources(), opt_level="3", group_name=GROUP_NAME
+        )
+    except SystemExit as failure:
+        # mypyc type-checks what the modules import; when the dependencies are not installed
+        # yet (a fresh environment), it cannot, and the modules stay pure Python.
+        print(f"rivulet: not compiling the hot path ({failure}); installing pure Python")
+        return []
     return extensions
 
 
