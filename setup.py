@@ -21,9 +21,6 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 ROOT = Path(__file__).resolve().parent
-# The group's shared library lives inside a package, where an editable install finds it even
-# when it was built after the install (`make`).
-GROUP_NAME = "shared.rivulet_compiled"
 
 
 def compiled_sources() -> list[str]:
@@ -48,9 +45,7 @@ def ext_modules() -> list[Extension]:
     except ImportError:
         return []
     try:
-        extensions: list[Extension] = mypycify(
-            compiled_sources(), opt_level="3", group_name=GROUP_NAME
-        )
+        extensions: list[Extension] = mypycify(compiled_sources(), opt_level="3", separate=True)
     except SystemExit as failure:
         # mypyc type-checks what the modules import; when the dependencies are not installed
         # yet (a fresh environment), it cannot, and the modules stay pure Python.
