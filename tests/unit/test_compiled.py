@@ -93,7 +93,7 @@ def test_no_compiled_module_outlives_its_place_in_the_list() -> None:
         str(path.relative_to(ROOT))
         for top in ("shared", "services", "rivulet_cli")
         for path in (ROOT / top).rglob("*.cpython-*.so")
-        if not path.name.split(".")[0].endswith("__mypyc")  # the group's shared library
+        if not path.name.split(".")[0].endswith("__mypyc")  # a compiled module's own library
         and str(path.relative_to(ROOT)).split(".")[0] + ".py" not in COMPILED
     ]
     assert not stray, f"compiled modules not in [tool.rivulet] compiled: {stray}; `make clean`"
