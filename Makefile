@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml setup.py | $(BIN)/python
 COMPILED_STAMP := $(VENV)/.compiled
 COMPILED := $(shell $(PYTHON) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['tool']['rivulet']['compiled'])")
 
+# From scratch: mypyc's incremental state in build/ went stale when a class moved from one
+# compiled module to another, and the C it generated no longer compiled.
 $(COMPILED_STAMP): $(STAMP) $(COMPILED)
+	rm -rf build
 	$(BIN)/python setup.py --quiet build_ext --inplace
 	touch $(COMPILED_STAMP)
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import msgspec
 
 from bench.events import make_events
-from shared.consumer import Delivery
+from shared.entries import delivery_of
 
 TARGETS = ("gateway_parse", "normalize", "writer_decode")
 RECEIVED_AT = 1_795_416_778_017_419_836
@@ -45,12 +45,13 @@ def prepare(target: str, count: int) -> Callable[[], object]:
 
         return lambda: [parse_event("logs", body, "acme") for body in bodies]
     if target == "normalize":
-        from services.normalizer.app import build_enrichment, process_batch
+        from services.normalizer.app import build_enrichment
+        from services.normalizer.normalize import process_batch
         from shared.config import Settings
 
         enrichment = build_enrichment(Settings())
         raw = [
-            Delivery(
+            delivery_of(
                 f"{i}-0".encode(),
                 {
                     b"tenant": b"acme",
@@ -80,7 +81,7 @@ def prepare(target: str, count: int) -> Callable[[], object]:
                 b"received_at": str(entry.received_at).encode(),
                 b"body": entry.body,
             }
-            clean.append(Delivery(f"{i}-0".encode(), fields))
+            clean.append(delivery_of(f"{i}-0".encode(), fields))
         return lambda: decode_batch("logs", clean)
     raise ValueError(f"unknown target {target!r}: choose from {', '.join(TARGETS)}")
 

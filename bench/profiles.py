@@ -29,7 +29,7 @@ from services.profiler.store import quote
 from services.profiler.synth import random_example
 from shared.apikeys import KeyStore
 from shared.config import Settings, load_settings
-from shared.consumer import Delivery
+from shared.entries import delivery_of
 from shared.profile_streams import raw_profile_fields
 from shared.schemas import RawProfileEntry
 from shared.signing import signed_headers
@@ -101,7 +101,7 @@ def decode_only(settings: Settings, bodies: list[bytes]) -> float:
             k.encode(): v if isinstance(v, bytes) else str(v).encode()
             for k, v in raw_profile_fields(entry)
         }
-        deliveries.append(Delivery(f"{i}-0".encode(), fields))
+        deliveries.append(delivery_of(f"{i}-0".encode(), fields))
     started = time.perf_counter()
     batch = process_batch(deliveries, limits_of(settings), 5)
     assert len(batch.outputs) == len(bodies), batch.dead_letters[:1]

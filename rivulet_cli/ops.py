@@ -13,8 +13,9 @@ from redis.exceptions import ResponseError
 
 from services.writer.sinks import ClickHouseSink
 from shared.config import Settings
+from shared.entries import Fields, entry_as_json
 from shared.schemas import ALL_KINDS, PROFILES
-from shared.streams import Fields, Keys, Stage, entry_as_json, flatten_read, xrange, xrevrange
+from shared.streams import Keys, Stage, flatten_read, xrange, xrevrange
 
 _encoder: Final = msgspec.json.Encoder()
 

@@ -17,21 +17,18 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
-import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from shared.streams import EntryId, Fields, flatten_read
+from shared.entries import Delivery, deliveries_from_read, delivery_of
 
 CLAIM_SCAN_LIMIT: Final = 10_000
 
 
-class Delivery(msgspec.Struct, frozen=True):
-    id: EntryId
-    fields: Fields
-    deliveries: int = 1
+def _unparsed_reply(response: Any, **_options: Any) -> Any:
+    return response
 
 
 class StreamReader:
@@ -46,6 +43,10 @@ class StreamReader:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
+        # The same pool, with XREADGROUP replies left as hiredis parsed them: redis-py's callback
+        # builds a dict per entry (deliveries_from_read keeps the field list).
+        self._unparsed = aioredis.Redis(connection_pool=redis.connection_pool)
+        self._unparsed.set_response_callback("XREADGROUP", _unparsed_reply)
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -71,24 +72,24 @@ class StreamReader:
             claimed = await self._claim_idle(count)
             if claimed:
                 return claimed
-        reply = await self.redis.xreadgroup(
+        reply = await self._unparsed.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
         )
-        return [Delivery(entry_id, fields) for entry_id, fields in flatten_read(reply)]
+        return deliveries_from_read(reply)
 
     async def _read_own_pending(self, count: int) -> list[Delivery]:
-        reply = await self.redis.xreadgroup(
+        reply = await self._unparsed.xreadgroup(
             self.group, self.consumer, {self.stream: "0"}, count=count
         )
-        read = flatten_read(reply)
-        entries = [(i, f) for i, f in read if f]
-        deleted = [i for i, f in read if not f]
+        read = deliveries_from_read(reply)
+        entries = [d for d in read if d.flat]
+        deleted = [d.id for d in read if not d.flat]
         if deleted:  # trimmed away while pending: nothing left to process
             await self.redis.xack(self.stream, self.group, *deleted)
         return await self._with_counts(entries)
 
     async def _claim_idle(self, count: int) -> list[Delivery]:
-        claimed: list[tuple[EntryId, Fields]] = []
+        claimed: list[Delivery] = []
         scanned = 0
         while len(claimed) < count and scanned < CLAIM_SCAN_LIMIT:
             cursor, entries, deleted = await self.redis.xautoclaim(
@@ -101,26 +102,26 @@ class StreamReader:
             )
             if deleted:
                 await self.redis.xack(self.stream, self.group, *deleted)
-            claimed.extend((i, f) for i, f in entries if f)
+            claimed.extend(delivery_of(i, f) for i, f in entries if f)
             scanned += len(entries) + len(deleted) + 1
             self._claim_cursor = cursor
             if cursor in (b"0-0", "0-0"):
                 break
         return await self._with_counts(claimed)
 
-    async def _with_counts(self, entries: list[tuple[EntryId, Fields]]) -> list[Delivery]:
+    async def _with_counts(self, entries: list[Delivery]) -> list[Delivery]:
         if not entries:
             return []
         rows = await self.redis.xpending_range(
             self.stream,
             self.group,
-            min=entries[0][0],
-            max=entries[-1][0],
+            min=entries[0].id,
+            max=entries[-1].id,
             count=len(entries) * 2 + 10,
             consumername=self.consumer,
         )
         counts = {row["message_id"]: int(row["times_delivered"]) for row in rows}
-        return [Delivery(i, f, counts.get(i, 2)) for i, f in entries]
+        return [Delivery(d.id, d.flat, counts.get(d.id, 2)) for d in entries]
 
 
 async def ensure_group(redis: aioredis.Redis, stream: str, group: str) -> None:

@@ -24,8 +24,9 @@ from typing import Final
 import msgspec
 import redis.asyncio as aioredis
 
+from shared.entries import EntryId, Fields, MalformedEntry
 from shared.schemas import PROFILES, CleanProfile, DeadLetter, RawProfileEntry
-from shared.streams import EntryId, Fields, Keys, MalformedEntry
+from shared.streams import Keys
 
 FieldValue = bytes | str | int
 FieldList = tuple[tuple[str, FieldValue], ...]

@@ -33,11 +33,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.exceptions import ResponseError
 
-from shared.schemas import CleanEntry, DeadLetter, Kind, RawEntry
+from shared.entries import EntryId, Fields, StageCommit
+from shared.schemas import DeadLetter, Kind
 
 Stage = Literal["raw", "clean", "dlq"]
-EntryId = bytes
-Fields = dict[bytes, bytes]
 
 MAX_POOL_CONNECTIONS: Final = 64
 
@@ -112,96 +111,6 @@ async def xrange(redis: aioredis.Redis, stream: str, *, count: int | None = None
 
 async def xrevrange(redis: aioredis.Redis, stream: str, *, count: int) -> list[Entry]:
     return cast(list[Entry], await redis.xrevrange(stream, count=count))
-
-
-# --- entry codecs -----------------------------------------------------------------------------
-
-
-class MalformedEntry(ValueError):
-    """A stream entry whose fields are not what Rivulet writes (hand-made or corrupted)."""
-
-
-def _text(fields: Fields, name: bytes) -> str:
-    return fields.get(name, b"").decode("utf-8", "replace")
-
-
-def _nanos(fields: Fields) -> int:
-    raw = fields.get(b"received_at", b"0") or b"0"
-    if not raw.isdigit() or len(raw) > 20:
-        raise MalformedEntry(f"received_at is not integer nanoseconds: {raw[:40]!r}")
-    return int(raw)
-
-
-def _tenant(fields: Fields) -> str:
-    tenant = _text(fields, b"tenant")
-    if not tenant:
-        raise MalformedEntry("no tenant")
-    return tenant
-
-
-def decode_raw(fields: Fields) -> RawEntry:
-    """Raises MalformedEntry when the fields cannot be trusted."""
-    kind = _text(fields, b"kind")
-    return RawEntry(
-        tenant=_tenant(fields),
-        kind=kind,  # type: ignore[arg-type]  # checked by the consumer of this kind's stream
-        id=_text(fields, b"id"),
-        received_at=_nanos(fields),
-        body=fields.get(b"body", b""),
-        ip=_text(fields, b"ip"),
-        ua=_text(fields, b"ua"),
-    )
-
-
-def decode_clean(fields: Fields) -> tuple[int, bytes]:
-    """(received_at, body) of a clean entry: all a writer reads from the fields, since the body
-    carries the tenant and id the normalizer wrote. Raises MalformedEntry."""
-    return _nanos(fields), fields.get(b"body", b"")
-
-
-def salvage_dead_letter(
-    fields: Fields, kind: Kind, stage: Literal["normalizer", "writer"], reason: str, attempts: int
-) -> DeadLetter:
-    """A dead letter for an entry that did not decode: keep whatever bytes it had."""
-    try:
-        received_at = _nanos(fields)
-    except MalformedEntry:
-        received_at = 0
-    return DeadLetter(
-        tenant=_text(fields, b"tenant"),
-        kind=kind,
-        id=_text(fields, b"id"),
-        received_at=received_at,
-        body=fields.get(b"body", b""),
-        reason=reason,
-        stage=stage,
-        attempts=attempts,
-        ip=_text(fields, b"ip"),
-        ua=_text(fields, b"ua"),
-    )
-
-
-def decode_dead_letter(fields: Fields) -> DeadLetter:
-    return DeadLetter(
-        tenant=_text(fields, b"tenant"),
-        kind=_text(fields, b"kind"),  # type: ignore[arg-type]
-        id=_text(fields, b"id"),
-        received_at=int(fields.get(b"received_at", b"0") or 0),
-        body=fields.get(b"body", b""),
-        reason=_text(fields, b"reason"),
-        stage=_text(fields, b"stage"),  # type: ignore[arg-type]
-        attempts=int(fields.get(b"attempts", b"1") or 1),
-        ip=_text(fields, b"ip"),
-        ua=_text(fields, b"ua"),
-    )
-
-
-def entry_as_json(entry_id: bytes, fields: Fields) -> bytes:
-    """One stream entry as one JSON object (for `rivulet tail` and `rivulet dlq list`)."""
-    out: dict[str, str] = {"stream_id": entry_id.decode()}
-    for key, value in fields.items():
-        out[key.decode()] = value.decode("utf-8", "replace")
-    return msgspec.json.encode(out)
 
 
 # --- Lua: dedupe markers --------------------------------------------------------------------------
@@ -483,14 +392,6 @@ def dead_letter_args(letter: DeadLetter) -> list[bytes | str | int]:
         letter.ip,
         letter.ua,
     ]
-
-
-class StageCommit(msgspec.Struct, frozen=True):
-    """What one batch of one stage produced; applied atomically by `commit()`."""
-
-    acked: Sequence[EntryId]
-    outputs: Sequence[CleanEntry] = ()
-    dead_letters: Sequence[DeadLetter] = ()
 
 
 class Streams:

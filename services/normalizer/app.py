@@ -21,21 +21,14 @@ import structlog
 from redis.exceptions import RedisError
 
 from services.normalizer.enrich import UserAgentParser, open_geo
-from services.normalizer.normalize import Enrichment, normalize, to_clean_entry
+from services.normalizer.normalize import Enrichment, process_batch
 from shared.config import Settings
-from shared.consumer import Delivery, StreamReader, ensure_group
-from shared.events import InvalidEvent
+from shared.consumer import StreamReader, ensure_group
+from shared.entries import StageCommit
 from shared.metrics import WorkerMetrics
 from shared.retry import Backoff
-from shared.schemas import CleanEntry, DeadLetter, Kind
-from shared.streams import (
-    Keys,
-    MalformedEntry,
-    StageCommit,
-    Streams,
-    decode_raw,
-    salvage_dead_letter,
-)
+from shared.schemas import Kind
+from shared.streams import Keys, Streams
 from shared.worker import StoppableWorker
 
 log = structlog.get_logger()
@@ -43,51 +36,6 @@ log = structlog.get_logger()
 # The clean backlog is checked at most this often, not per batch: a round trip per batch costs
 # more than the few batches it can let past the watermark.
 WATERMARK_CHECK_S: Final = 0.25
-
-
-def process_batch(
-    kind: Kind, deliveries: Sequence[Delivery], enrichment: Enrichment, max_deliveries: int
-) -> StageCommit:
-    """Pure: what a batch of raw deliveries becomes."""
-    outputs: list[CleanEntry] = []
-    dead: list[DeadLetter] = []
-    for delivery in deliveries:
-        try:
-            entry = decode_raw(delivery.fields)
-        except MalformedEntry as exc:
-            reason = f"malformed raw entry: {exc}"
-            dead.append(
-                salvage_dead_letter(
-                    delivery.fields, kind, "normalizer", reason, delivery.deliveries
-                )
-            )
-            continue
-        reason = ""
-        if delivery.deliveries > max_deliveries:
-            reason = f"delivered {delivery.deliveries} times without being processed"
-        else:
-            try:
-                outputs.append(to_clean_entry(normalize(kind, entry, enrichment), kind))
-            except InvalidEvent as exc:
-                reason = f"invalid event: {exc}"
-            except Exception as exc:  # a bug must not wedge the stream: park the event, keep going
-                reason = f"normalizer error: {type(exc).__name__}: {exc}"
-        if reason:
-            dead.append(
-                DeadLetter(
-                    tenant=entry.tenant,
-                    kind=kind,
-                    id=entry.id,
-                    received_at=entry.received_at,
-                    body=entry.body,
-                    reason=reason,
-                    stage="normalizer",
-                    attempts=delivery.deliveries,
-                    ip=entry.ip,
-                    ua=entry.ua,
-                )
-            )
-    return StageCommit(acked=[d.id for d in deliveries], outputs=outputs, dead_letters=dead)
 
 
 class Normalizer(StoppableWorker):

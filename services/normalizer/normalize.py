@@ -1,4 +1,5 @@
-"""Pure per-event normalization: raw entry -> clean event. No I/O; lookups are injected.
+"""Pure normalization: raw entry -> clean event, and a batch of raw deliveries -> what the
+normalizer commits (`process_batch`). No I/O; lookups are injected.
 
 Steps, in order: validate and canonicalise (shared.events), enrich (GeoIP from the client IP the
 gateway captured for RUM, or from a client-IP attribute on logs; user agent for RUM), then scrub
@@ -8,6 +9,7 @@ feeds GeoIP is itself scrubbed from the stored attributes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -15,8 +17,25 @@ import msgspec
 
 from services.normalizer.enrich import GeoLookup, UserAgentLookup
 from shared.apikeys import IP_POLICY_ATTR, ORIGIN_ATTR, TRUNCATED_IP_ATTR, truncate_ip
-from shared.events import parse_event
-from shared.schemas import CleanEntry, CleanEvent, Kind, Log, Metric, RawEntry, Rum, Span
+from shared.entries import (
+    Delivery,
+    MalformedEntry,
+    StageCommit,
+    decode_raw_fields,
+    salvage_dead_letter,
+)
+from shared.events import InvalidEvent, parse_event
+from shared.schemas import (
+    CleanEntry,
+    CleanEvent,
+    DeadLetter,
+    Kind,
+    Log,
+    Metric,
+    RawEntry,
+    Rum,
+    Span,
+)
 from shared.scrub import scrub_attrs, scrub_text
 
 CLIENT_IP_ATTRIBUTES: Final = ("client_ip", "client.address", "http.client_ip", "ip")
@@ -88,3 +107,50 @@ def to_clean_entry(event: CleanEvent, kind: Kind) -> CleanEntry:
         received_at=event.received_at,
         body=_encoder.encode(event),
     )
+
+
+def process_batch(
+    kind: Kind, deliveries: Sequence[Delivery], enrichment: Enrichment, max_deliveries: int
+) -> StageCommit:
+    """Pure: what a batch of raw deliveries becomes."""
+    outputs: list[CleanEntry] = []
+    dead: list[DeadLetter] = []
+    # Each handler binds its own name: mypyc gives a name one type, so an `exc` shared by two
+    # handlers fails at run time when the second binds another exception class to it.
+    for delivery in deliveries:
+        try:
+            entry = decode_raw_fields(delivery.flat)
+        except MalformedEntry as malformed:
+            reason = f"malformed raw entry: {malformed}"
+            dead.append(
+                salvage_dead_letter(
+                    delivery.fields, kind, "normalizer", reason, delivery.deliveries
+                )
+            )
+            continue
+        reason = ""
+        if delivery.deliveries > max_deliveries:
+            reason = f"delivered {delivery.deliveries} times without being processed"
+        else:
+            try:
+                outputs.append(to_clean_entry(normalize(kind, entry, enrichment), kind))
+            except InvalidEvent as invalid:
+                reason = f"invalid event: {invalid}"
+            except Exception as error:  # a bug must not wedge the stream: park the event, go on
+                reason = f"normalizer error: {type(error).__name__}: {error}"
+        if reason:
+            dead.append(
+                DeadLetter(
+                    tenant=entry.tenant,
+                    kind=kind,
+                    id=entry.id,
+                    received_at=entry.received_at,
+                    body=entry.body,
+                    reason=reason,
+                    stage="normalizer",
+                    attempts=delivery.deliveries,
+                    ip=entry.ip,
+                    ua=entry.ua,
+                )
+            )
+    return StageCommit(acked=[d.id for d in deliveries], outputs=outputs, dead_letters=dead)

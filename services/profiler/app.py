@@ -30,7 +30,8 @@ from redis.exceptions import RedisError
 from services.profiler.pprof import InvalidProfile, ProfileLimits, parse_profile
 from services.profiler.records import to_clean_profile
 from shared.config import Settings
-from shared.consumer import Delivery, StreamReader, ensure_group
+from shared.consumer import StreamReader, ensure_group
+from shared.entries import Delivery, MalformedEntry
 from shared.profile_streams import (
     PROFILER_GROUP,
     FieldList,
@@ -43,7 +44,7 @@ from shared.profile_streams import (
 )
 from shared.retry import Backoff
 from shared.schemas import PROFILES, DeadLetter
-from shared.streams import Keys, MalformedEntry, Streams
+from shared.streams import Keys, Streams
 from shared.worker import StoppableWorker
 
 log = structlog.get_logger()

@@ -31,7 +31,14 @@ from redis.exceptions import RedisError
 
 from services.writer.sinks import ProfileSink, RejectedBatch, RetryableSinkError, Sink
 from shared.config import Settings
-from shared.consumer import Delivery, StreamReader, ensure_group
+from shared.consumer import StreamReader, ensure_group
+from shared.entries import (
+    Delivery,
+    MalformedEntry,
+    StageCommit,
+    decode_clean_fields,
+    salvage_dead_letter,
+)
 from shared.metrics import WorkerMetrics
 from shared.profile_streams import decode_clean_profile, encode_clean_profile
 from shared.retry import Backoff
@@ -44,14 +51,7 @@ from shared.schemas import (
     Kind,
     StoredEvent,
 )
-from shared.streams import (
-    Keys,
-    MalformedEntry,
-    StageCommit,
-    Streams,
-    decode_clean,
-    salvage_dead_letter,
-)
+from shared.streams import Keys, Streams
 from shared.worker import StoppableWorker
 
 log = structlog.get_logger()
@@ -84,7 +84,7 @@ def decode_batch(kind: Kind, deliveries: Sequence[Delivery]) -> DecodedBatch:
     dead: list[DeadLetter] = []
     for delivery in deliveries:
         try:
-            received_at, body = decode_clean(delivery.fields)
+            received_at, body = decode_clean_fields(delivery.flat)
             key = decoder.decode(body)
             events.append(StoredEvent(key.tenant, key.id, key.ts, received_at, body))
         except (MalformedEntry, msgspec.DecodeError) as exc:

@@ -19,13 +19,13 @@ from services.normalizer.enrich import MaxMindCityLookup, UserAgentParser, no_ge
 from services.normalizer.normalize import Enrichment, to_clean_entry
 from shared.config import Settings
 from shared.consumer import ensure_group
+from shared.entries import StageCommit
 from shared.events import parse_event
 from shared.schemas import CleanEntry, Kind, Log, Rum
 from shared.streams import (
     PURGE_STEP,
     UPGRADE_GRACE_MS,
     Keys,
-    StageCommit,
     Streams,
     connect,
     flatten_read,

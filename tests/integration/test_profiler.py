@@ -35,7 +35,8 @@ from services.profiler.synth import ProfileBuilder, cpu_example, random_example
 from services.writer.app import Writer
 from services.writer.sinks import ClickHouseSink, RetryableSinkError
 from shared.config import Settings
-from shared.consumer import Delivery, ensure_group
+from shared.consumer import ensure_group
+from shared.entries import delivery_of
 from shared.profile_streams import (
     PROFILER_GROUP,
     FieldsCommit,
@@ -90,7 +91,7 @@ async def run_profiler_once(redis: aioredis.Redis, settings: Settings) -> Fields
     raw = keys.stream(PROFILES, "raw")
     await ensure_group(redis, raw, PROFILER_GROUP)
     reply = await redis.xreadgroup(PROFILER_GROUP, "p1", {raw: ">"}, count=1000)
-    deliveries = [Delivery(i, f) for i, f in flatten_read(reply)]
+    deliveries = [delivery_of(i, f) for i, f in flatten_read(reply)]
     batch = process_batch(deliveries, limits_of(settings), settings.max_deliveries)
     await ProfileStreams(redis, keys).commit(
         PROFILER_GROUP, batch, settings.dedupe_window_s, settings.dlq_maxlen

@@ -25,9 +25,10 @@ from services.writer.rows import CLICKHOUSE_DDL, CLICKHOUSE_TABLES, INSERTED_AT
 from services.writer.sinks import ClickHouseSink, PostgresSink, Sink
 from shared.config import Settings
 from shared.consumer import ensure_group
+from shared.entries import StageCommit
 from shared.events import parse_event
 from shared.schemas import CleanEvent, GeoInfo, Kind, Log, Rum, Span, UserAgentInfo
-from shared.streams import Keys, StageCommit, Streams, flatten_read, xrange
+from shared.streams import Keys, Streams, flatten_read, xrange
 from tests.helpers import forget_seen, log_event, metric_event, rum_event, span_event, stored
 
 FACTORIES: dict[Kind, Callable[..., dict[str, Any]]] = {

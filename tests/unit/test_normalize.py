@@ -7,14 +7,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.normalizer.app import process_batch
 from services.normalizer.normalize import (
     CLIENT_IP_ATTRIBUTES,
     Enrichment,
     normalize,
+    process_batch,
     to_clean_entry,
 )
-from shared.consumer import Delivery
+from shared.entries import Delivery, decode_raw, delivery_of
 from shared.events import InvalidEvent, parse_event
 from shared.schemas import (
     CLEAN_TYPES,
@@ -27,7 +27,6 @@ from shared.schemas import (
     Span,
     UserAgentInfo,
 )
-from shared.streams import decode_raw
 
 TENANT = "acme"
 TS = 1_704_067_200_000_000_000
@@ -321,7 +320,7 @@ def test_to_clean_entry_round_trip(fakes: FakeLookups) -> None:
 
 
 def delivery(entry_id: bytes, kind: Kind, raw: bytes, deliveries: int = 1, **kw: Any) -> Delivery:
-    return Delivery(entry_id, fields(kind, raw, **kw), deliveries)
+    return delivery_of(entry_id, fields(kind, raw, **kw), deliveries)
 
 
 def test_process_batch_mixed(fakes: FakeLookups) -> None:
@@ -411,7 +410,7 @@ def test_process_batch_every_kind(kind: Kind, fakes: FakeLookups) -> None:
 def test_process_batch_malformed_entry_is_dead_lettered(fakes: FakeLookups) -> None:
     bad_fields = fields("logs", log_body(), event_id="x")
     bad_fields[b"received_at"] = b"soon"
-    batch = [Delivery(b"1-0", bad_fields), delivery(b"2-0", "logs", log_body(message="fine"))]
+    batch = [delivery_of(b"1-0", bad_fields), delivery(b"2-0", "logs", log_body(message="fine"))]
     commit = process_batch("logs", batch, fakes.enrichment, max_deliveries=5)
     assert list(commit.acked) == [b"1-0", b"2-0"]
     assert len(commit.outputs) == 1

@@ -18,10 +18,9 @@ from services.gateway.profiles import (
 from services.profiler.app import process_batch
 from services.profiler.pprof import ProfileLimits
 from services.profiler.synth import ProfileBuilder, cpu_example
-from shared.consumer import Delivery
+from shared.entries import MalformedEntry, delivery_of
 from shared.profile_streams import decode_raw_profile, raw_profile_fields
 from shared.schemas import RawProfileEntry
-from shared.streams import MalformedEntry
 
 LIMITS = ProfileLimits(max_bytes=1024 * 1024, max_samples=100, max_stack_depth=32)
 
@@ -123,11 +122,11 @@ def test_raw_entry_codec() -> None:
 def test_process_batch_outputs_clean_entries_and_dead_letters() -> None:
     good = raw_fields(RawProfileEntry("acme", "p1", 7, "api", "cpu", cpu_example().encode()))
     deliveries = [
-        Delivery(b"1-0", good),
-        Delivery(b"2-0", {**good, b"id": b"p2", b"body": b"\xff\xff"}),
-        Delivery(b"3-0", {**good, b"id": b"p3"}, deliveries=9),
-        Delivery(b"4-0", {**good, b"tenant": b""}),
-        Delivery(b"5-0", {**good, b"id": b"p5", b"service": b""}),
+        delivery_of(b"1-0", good),
+        delivery_of(b"2-0", {**good, b"id": b"p2", b"body": b"\xff\xff"}),
+        delivery_of(b"3-0", {**good, b"id": b"p3"}, deliveries=9),
+        delivery_of(b"4-0", {**good, b"tenant": b""}),
+        delivery_of(b"5-0", {**good, b"id": b"p5", b"service": b""}),
     ]
     batch = process_batch(deliveries, LIMITS, max_deliveries=5)
     assert list(batch.acked) == [b"1-0", b"2-0", b"3-0", b"4-0", b"5-0"]

@@ -24,7 +24,7 @@ from services.writer.rows import (
     to_metric_records,
 )
 from services.writer.sinks import RejectedBatch, RetryableSinkError, Sink, postgres_ddl
-from shared.consumer import Delivery
+from shared.entries import delivery_of
 from shared.schemas import (
     CLEAN_TYPES,
     CleanEvent,
@@ -248,7 +248,7 @@ def clean_fields(event: CleanEvent, kind: Kind, body: bytes | None = None) -> di
 @pytest.mark.parametrize("kind", ["logs", "spans", "rum"])
 def test_decode_batch_round_trip(kind: Kind) -> None:
     event = EVENTS[kind]
-    batch = decode_batch(kind, [Delivery(b"1-0", clean_fields(event, kind))])
+    batch = decode_batch(kind, [delivery_of(b"1-0", clean_fields(event, kind))])
     assert batch.events == stored([event])
     assert batch.entry_ids == [b"1-0"]
     assert batch.undecodable == []
@@ -256,7 +256,7 @@ def test_decode_batch_round_trip(kind: Kind) -> None:
 
 def test_decode_batch_metrics() -> None:
     event = make_metric()
-    batch = decode_batch("metrics", [Delivery(b"1-0", clean_fields(event, "metrics"))])
+    batch = decode_batch("metrics", [delivery_of(b"1-0", clean_fields(event, "metrics"))])
     assert batch.events == stored([event])
 
 
@@ -274,8 +274,8 @@ def test_decode_batch_undecodable_is_dead_letter(body: bytes) -> None:
     good = make_log(1)
     bad = make_log(2)
     deliveries = [
-        Delivery(b"1-0", clean_fields(good, "logs")),
-        Delivery(b"2-0", clean_fields(bad, "logs", body=body), deliveries=3),
+        delivery_of(b"1-0", clean_fields(good, "logs")),
+        delivery_of(b"2-0", clean_fields(bad, "logs", body=body), deliveries=3),
     ]
     batch = decode_batch("logs", deliveries)
     assert batch.events == stored([good])
@@ -291,7 +291,7 @@ def test_decode_batch_malformed_fields_is_dead_letter() -> None:
     bad = clean_fields(make_log(2), "logs")
     bad[b"received_at"] = b"soon"
     batch = decode_batch(
-        "logs", [Delivery(b"1-0", clean_fields(make_log(1), "logs")), Delivery(b"2-0", bad)]
+        "logs", [delivery_of(b"1-0", clean_fields(make_log(1), "logs")), delivery_of(b"2-0", bad)]
     )
     assert len(batch.events) == 1
     assert len(batch.undecodable) == 1
