@@ -74,7 +74,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dlq_maxlen: int = 1_000_000
 
     # writer
-    writer_batch_size: int = 5_000
+    # 10,000 rather than 5,000 rows per insert: in `up` at ~48k logs/s, the writer's CPU per row
+    # fell from ~10.6-11.3 to ~9.1 us (fewer parts for the engine to write and merge), for
+    # ~25 MiB more heap (docs/performance.md).
+    writer_batch_size: int = 10_000
     writer_batch_age_ms: int = 500
     writer_consumers: int = 2
     retry_attempts: int = 6
