@@ -26,7 +26,7 @@ FieldList = list[bytes]
 
 # The order in which Rivulet's scripts write the fields of raw and clean entries (streams.py).
 _RAW_NAMES: Final = [b"tenant", b"kind", b"id", b"received_at", b"body", b"ip", b"ua"]
-_CLEAN_NAMES: Final = (b"tenant", b"kind", b"id", b"received_at", b"body")
+_CLEAN_NAMES: Final = [b"tenant", b"kind", b"id", b"received_at", b"body"]
 
 
 class Delivery(msgspec.Struct, frozen=True):
