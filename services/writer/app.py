@@ -3,8 +3,9 @@
 logs, spans and rum go to ClickHouse; metrics to PostgreSQL/TimescaleDB; profiles (clean entries
 written by the profiler) to ClickHouse's profile tables, through `ProfileSink`.
 
-Per consumer: read until the batch is `writer_batch_size` entries or `writer_batch_age_ms` old,
-insert, then ONE Lua script XACKs the batch and dead-letters rows the database refused.
+Per consumer: read until the batch is `writer_batch_size` entries or `writer_batch_age_ms` old (or
+its stream has gone quiet at the end of a burst, `QUIET_FLUSH_MS`), insert, then ONE Lua script
+XACKs the batch and dead-letters rows the database refused.
 Guarantee: an entry is acknowledged only after its row is stored (or its refusal is in the DLQ);
 while a database is away the consumer retries the batch it holds with capped exponential backoff
 and jitter and reads nothing new, so the backlog waits in Redis. A re-delivered batch (crash,
@@ -74,6 +75,12 @@ def _required_fields(clean: type[CleanEvent]) -> msgspec.json.Decoder[Any]:
 
 
 _KEY_DECODERS: Final = {kind: _required_fields(clean) for kind, clean in CLEAN_TYPES.items()}
+
+# A batch may close before its age once no entry has come for this long, when it is a tenth of a
+# full batch or its consumer's previous batch was full: the end of a burst is stored without
+# waiting out the age, while a slow stream still makes few, large inserts (each insert is a part
+# the engine merges later).
+QUIET_FLUSH_MS: Final = 100
 
 
 def decode_batch(kind: Kind, deliveries: Sequence[Delivery]) -> DecodedBatch:
@@ -253,20 +260,24 @@ class Writer(StoppableWorker):
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_max_s)
         bound = log.bind(stream=stream, consumer=consumer)
         group_ready = False
+        previous_full = False
         while not self.stopping:
             try:
                 if not group_ready:
                     await ensure_group(self.redis, stream, self.group)
                     group_ready = True
                 if kind == PROFILES:
-                    batch = await self._collect(reader, self.settings.profile_writer_batch_size)
+                    size = self.settings.profile_writer_batch_size
+                    batch = await self._collect(reader, size, after_full=previous_full)
+                    previous_full = len(batch) >= size
                     if batch:
                         flushed_from = time.monotonic()
                         await self._flush_profiles(stream, consumer, batch, backoff, bound)
                         self._observe_batch(kind, len(batch), flushed_from)
                         backoff.reset()
                     continue
-                batch = await self._collect(reader)
+                batch = await self._collect(reader, after_full=previous_full)
+                previous_full = len(batch) >= self.settings.writer_batch_size
                 if batch:
                     flushed_from = time.monotonic()
                     await self._flush(kind, stream, consumer, batch, backoff, bound)
@@ -280,23 +291,30 @@ class Writer(StoppableWorker):
                 bound.warning("writer.redis_error", error=str(exc), retry_in_s=round(delay, 2))
                 await self.sleep(delay)
 
-    async def _collect(self, reader: StreamReader, size: int = 0) -> list[Delivery]:
+    async def _collect(
+        self, reader: StreamReader, size: int = 0, *, after_full: bool = False
+    ) -> list[Delivery]:
+        """Read up to `size` entries: until full, `writer_batch_age_ms` after the first, or once
+        the stream is quiet if the batch may close early (`QUIET_FLUSH_MS`)."""
         size = max(1, size or self.settings.writer_batch_size)
         batch: list[Delivery] = []
         deadline = 0.0
         while len(batch) < size and not self.stopping:
+            may_close_early = bool(batch) and (after_full or len(batch) >= size // 10)
             if batch:
                 block_ms = int((deadline - time.monotonic()) * 1000)
                 if block_ms <= 0:
                     break
+                if may_close_early:
+                    block_ms = min(block_ms, QUIET_FLUSH_MS)
             else:
                 block_ms = 1000
             got = await reader.read(min(size - len(batch), 1000), block_ms=max(block_ms, 1))
+            if not got and (may_close_early or not batch):
+                break
             if got and not batch:
                 deadline = time.monotonic() + self.settings.writer_batch_age_ms / 1000
             batch.extend(got)
-            if not batch:
-                return batch
         return batch
 
     def _observe_batch(self, kind: Kind, size: int, flushed_from: float) -> None:

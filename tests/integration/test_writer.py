@@ -399,3 +399,29 @@ async def test_rejected_rows_go_to_dlq_without_blocking_the_batch(
     letters = await xrange(redis, keys.stream("logs", "dlq"))
     assert sorted(f[b"id"] for _, f in letters) == [b"log-1000", b"log-1001"]
     assert all(b"TYPE_MISMATCH" in f[b"reason"] and f[b"stage"] == b"writer" for _, f in letters)
+
+
+async def test_a_burst_ends_without_waiting_out_the_batch_age(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    """After full batches, the rest is stored once the stream goes quiet; a small batch on a
+    slow stream still waits for its age, so a trickle does not become one insert per event."""
+    tuned = msgspec.structs.replace(
+        settings, writer_batch_size=100, writer_batch_age_ms=6000, writer_consumers=1
+    )
+    keys = Keys(namespace)
+    faulty = FaultyClient(cast(Client, None))
+    sink = clickhouse_sink(tuned, faulty)
+    await append_clean(redis, namespace, "logs", clean_events("logs", range(250)))
+    async with running_writer(tuned, redis, [sink], ["logs"]):
+        started = time.monotonic()
+        await wait_acked(redis, namespace, "logs")
+        assert time.monotonic() - started < 3  # far below the 6 s age
+        assert faulty.inserts == 3  # 100, 100, then the last 50
+        await append_clean(redis, namespace, "logs", clean_events("logs", range(300, 305)))
+        await asyncio.sleep(1.5)
+        groups = await redis.xinfo_groups(keys.stream("logs", "clean"))
+        assert groups[0]["pending"] == 5  # 5 of 100, after a batch that was not full: the age
+        await wait_acked(redis, namespace, "logs")
+        assert await count_rows(sink, "logs") == (255, 255)
+    assert faulty.inserts == 4
