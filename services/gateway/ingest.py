@@ -118,9 +118,9 @@ def split_events(body: bytes, content_type: str, max_events: int) -> list[bytes]
 
 def validate_events(
     kind: Kind, events: Sequence[bytes], tenant: str, max_event_bytes: int
-) -> tuple[list[tuple[str, str]], list[Rejection]]:
-    """Split into (event id, raw text as sent) to append and per-index rejections."""
-    valid: list[tuple[str, str]] = []
+) -> tuple[list[tuple[str, bytes]], list[Rejection]]:
+    """Split into (event id, event as sent) to append and per-index rejections."""
+    valid: list[tuple[str, bytes]] = []
     rejected: list[Rejection] = []
     for index, raw in enumerate(events):
         if len(raw) > max_event_bytes:
@@ -128,7 +128,9 @@ def validate_events(
             continue
         try:
             event = parse_event(kind, raw, tenant)
-            valid.append((event.id, raw.decode()))
+            if not raw.isascii():
+                raw.decode()  # stream fields are UTF-8 (CONTRACT.md); raises if not
+            valid.append((event.id, raw))
         except InvalidEvent as exc:
             rejected.append(Rejection(index, str(exc)[:500]))
         except UnicodeDecodeError:

@@ -146,7 +146,7 @@ class ExtraRoutes:
         tenant: str,
         ip: str,
         ua: str,
-        valid: Sequence[tuple[str, str]],
+        valid: Sequence[tuple[str, bytes]],
         rejected: Sequence[Rejection],
         *,
         idempotency_key: str | None = None,
