@@ -471,7 +471,7 @@ async def test_hand_offs_work_over_a_unix_socket(
         1000,
         "",
         "",
-        [("a", msgspec.json.encode(log_event(1, id="a")).decode())],
+        [("a", msgspec.json.encode(log_event(1, id="a")))],
         signature="s",
         signature_ttl_s=600,
         high_watermark=1000,
