@@ -399,7 +399,8 @@ def dead_letter_args(letter: DeadLetter) -> list[bytes | str | int]:
 
 class PackedScript:
     """A Lua script whose command hiredis packs in one C call: for the scripts that carry a
-    batch, one argument per value (see above), where redis-py's packer costs ~0.5 us each.
+    batch, with a body per argument (see above), where redis-py's packer costs ~0.5 us an
+    argument.
 
     Same contract as redis-py's `Script`: loads itself on NOSCRIPT; a connection error is raised
     to the caller, which retries (a script runs whole or not at all)."""
