@@ -68,7 +68,7 @@ def prepare(target: str, count: int) -> Callable[[], object]:
         return lambda: process_batch("logs", raw, enrichment, 5)
     if target == "writer_decode":
         from services.normalizer.normalize import to_clean_entry
-        from services.writer.app import decode_batch
+        from services.writer.batches import decode_batch
         from shared.events import parse_event
 
         clean = []

@@ -20,133 +20,34 @@ missing; stacks and functions are keyed by hash, so writing them twice is harmle
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any, Final, get_type_hints
+from typing import Any, Final
 
-import msgspec
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from services.writer.batches import decode_batch, decode_profile_batch, insert_token
 from services.writer.sinks import ProfileSink, RejectedBatch, RetryableSinkError, Sink
 from shared.config import Settings
 from shared.consumer import StreamReader, ensure_group
-from shared.entries import (
-    Delivery,
-    MalformedEntry,
-    StageCommit,
-    decode_clean_fields,
-    salvage_dead_letter,
-)
+from shared.entries import Delivery, StageCommit
 from shared.metrics import WorkerMetrics
-from shared.profile_streams import decode_clean_profile, encode_clean_profile
+from shared.profile_streams import encode_clean_profile
 from shared.retry import Backoff
-from shared.schemas import (
-    CLEAN_TYPES,
-    PROFILES,
-    CleanEvent,
-    CleanProfile,
-    DeadLetter,
-    Kind,
-    StoredEvent,
-)
+from shared.schemas import PROFILES, CleanProfile, DeadLetter, Kind, StoredEvent
 from shared.streams import Keys, Streams
 from shared.worker import StoppableWorker
 
 log = structlog.get_logger()
 
 
-class DecodedBatch(msgspec.Struct, frozen=True):
-    events: list[StoredEvent]
-    entry_ids: list[bytes]
-    undecodable: list[DeadLetter]
-
-
-def _required_fields(clean: type[CleanEvent]) -> msgspec.json.Decoder[Any]:
-    """A decoder of the fields every clean event of this kind has (a body of another kind, or
-    one missing a key, fails); the other fields are decoded only by the store that needs them."""
-    hints = get_type_hints(clean)
-    fields = clean.__struct_fields__
-    required = fields[: len(fields) - len(clean.__struct_defaults__)]
-    shape = msgspec.defstruct(f"{clean.__name__}Key", [(name, hints[name]) for name in required])
-    return msgspec.json.Decoder(shape)
-
-
-_KEY_DECODERS: Final = {kind: _required_fields(clean) for kind, clean in CLEAN_TYPES.items()}
-
 # A batch may close before its age once no entry has come for this long, when it is a tenth of a
 # full batch or its consumer's previous batch was full: the end of a burst is stored without
 # waiting out the age, while a slow stream still makes few, large inserts (each insert is a part
 # the engine merges later).
 QUIET_FLUSH_MS: Final = 100
-
-
-def decode_batch(kind: Kind, deliveries: Sequence[Delivery]) -> DecodedBatch:
-    """Pure: clean entries -> stored events (body kept as written); an entry that does not decode
-    is a dead letter."""
-    decoder = _KEY_DECODERS[kind]
-    events: list[StoredEvent] = []
-    dead: list[DeadLetter] = []
-    for delivery in deliveries:
-        try:
-            received_at, body = decode_clean_fields(delivery.flat)
-            key = decoder.decode(body)
-            events.append(StoredEvent(key.tenant, key.id, key.ts, received_at, body))
-        except (MalformedEntry, msgspec.DecodeError) as exc:
-            dead.append(
-                salvage_dead_letter(
-                    delivery.fields,
-                    kind,
-                    "writer",
-                    f"undecodable clean entry: {exc}",
-                    delivery.deliveries,
-                )
-            )
-    return DecodedBatch(events, [d.id for d in deliveries], dead)
-
-
-class DecodedProfiles(msgspec.Struct, frozen=True):
-    records: list[CleanProfile]
-    entry_ids: list[bytes]
-    undecodable: list[DeadLetter]
-
-
-def decode_profile_batch(deliveries: Sequence[Delivery]) -> DecodedProfiles:
-    """Pure: clean profile entries -> records, each (tenant, id) once; an entry that does not
-    decode is a dead letter."""
-    records: list[CleanProfile] = []
-    seen: set[tuple[str, str]] = set()
-    dead: list[DeadLetter] = []
-    for delivery in deliveries:
-        try:
-            record = decode_clean_profile(delivery.fields)
-        except (MalformedEntry, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            dead.append(
-                salvage_dead_letter(
-                    delivery.fields,
-                    PROFILES,
-                    "writer",
-                    f"undecodable clean profile: {exc}",
-                    delivery.deliveries,
-                )
-            )
-            continue
-        if (record.tenant, record.id) not in seen:
-            seen.add((record.tenant, record.id))
-            records.append(record)
-    return DecodedProfiles(records, [d.id for d in deliveries], dead)
-
-
-def insert_token(events: Sequence[StoredEvent]) -> str:
-    digest = hashlib.sha256()
-    for event in events:
-        digest.update(event.tenant.encode())
-        digest.update(b"\0")
-        digest.update(event.id.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
 def _dead_letter(

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 import msgspec
 import pytest
 
-from services.writer.app import decode_batch, insert_isolating, insert_token
+from services.writer.app import insert_isolating
+from services.writer.batches import decode_batch, insert_token
 from services.writer.rows import (
     CLICKHOUSE_DDL,
     CLICKHOUSE_TABLES,
