@@ -30,6 +30,7 @@ from bench.events import make_events
 from services.normalizer.normalize import Enrichment, normalize, process_batch
 from shared.entries import delivery_of
 from shared.events import parse_event
+from shared.resp import pack_command
 from shared.schemas import GeoInfo, Kind, RawEntry, UserAgentInfo
 from shared.scrub import scrub_attrs, scrub_text
 
@@ -195,3 +196,10 @@ def test_process_batch_agrees_with_the_source(pure: dict[str, ModuleType]) -> No
         "logs", deliveries, enrichment, 5
     )
     assert len(compiled.dead_letters) > len(BROKEN_BODIES)
+
+
+@given(args=st.lists(st.binary(max_size=40) | st.text(max_size=20) | st.integers() | st.floats()))
+def test_commands_are_framed_as_in_the_source(
+    args: list[bytes | str | int | float], pure: dict[str, ModuleType]
+) -> None:
+    assert pack_command(args) == pure["shared.resp"].pack_command(args)
