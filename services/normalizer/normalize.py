@@ -50,13 +50,16 @@ class Enrichment:
 
 def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent:
     """Raises shared.events.InvalidEvent when the event can never be stored."""
-    event = parse_event(kind, entry.body, entry.tenant, entry.received_at)
-    if entry.id and entry.id != event.id:
-        event = msgspec.structs.replace(event, id=entry.id)
+    # Without a receive time, parse_event hands back the event it built whenever the client gave
+    # an id; the one copy below then sets the id, the time and the scrubbed fields together.
+    event = parse_event(kind, entry.body, entry.tenant)
+    ident, received_at = entry.id or event.id, entry.received_at
     if isinstance(event, Log):
         ip = next((event.attrs[k] for k in CLIENT_IP_ATTRIBUTES if k in event.attrs), "")
         return msgspec.structs.replace(
             event,
+            id=ident,
+            received_at=received_at,
             message=scrub_text(event.message),
             attrs=scrub_attrs(event.attrs),
             geo=enrichment.geo(ip) if ip else event.geo,
@@ -64,6 +67,8 @@ def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent
     if isinstance(event, Rum):
         return msgspec.structs.replace(
             event,
+            id=ident,
+            received_at=received_at,
             url=scrub_text(event.url),
             referrer=scrub_text(event.referrer),
             error=scrub_attrs(event.error),
@@ -74,12 +79,18 @@ def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent
     if isinstance(event, Span):
         return msgspec.structs.replace(
             event,
+            id=ident,
+            received_at=received_at,
             status_message=scrub_text(event.status_message),
             attrs=scrub_attrs(event.attrs),
         )
     assert isinstance(event, Metric)
     return msgspec.structs.replace(
-        event, labels=scrub_attrs(event.labels), attrs=scrub_attrs(event.attrs)
+        event,
+        id=ident,
+        received_at=received_at,
+        labels=scrub_attrs(event.labels),
+        attrs=scrub_attrs(event.attrs),
     )
 
 
