@@ -136,6 +136,19 @@ def _numeric_sub(m: re.Match[str]) -> str:
     return s
 
 
+def _scrub_emails(text: str) -> str:
+    """`_EMAIL_RE.sub` over only the words that hold an `@`: every match contains one and no
+    whitespace, and a cut at whitespace leaves its lookbehind and `\\b` as they were. The regex
+    tries every position it is given; a message is mostly words without an address."""
+    start = text.index("@")
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    end = text.rindex("@")
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    return text[:start] + _EMAIL_RE.sub(_EMAIL, text[start:end]) + text[end:]
+
+
 def scrub_text(text: str) -> str:
     """Replace PII and secrets in `text` with typed placeholders (see module docstring)."""
     out = text
@@ -143,7 +156,7 @@ def scrub_text(text: str) -> str:
     if "=" in out or ":" in out or "earer" in out or "EARER" in out:
         out = _SECRET_RE.sub(_secret_sub, out)
     if "@" in out:
-        out = _EMAIL_RE.sub(_EMAIL, out)
+        out = _scrub_emails(out)
     if "::" in out or out.count(":") >= 7:
         out = _IPV6_RE.sub(_ipv6_sub, out)
     if out.count(".") >= 3 or _CARD_HINT.search(out) is not None:

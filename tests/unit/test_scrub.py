@@ -222,6 +222,23 @@ def test_numeric_pass_is_skipped_only_when_it_cannot_match(text: str) -> None:
         assert text.count(".") >= 3 or scrub._CARD_HINT.search(text) is not None
 
 
+# Address pieces, word characters of several scripts, and whitespace of several kinds.
+_email_like = st.text(
+    alphabet=st.sampled_from(
+        [*"aZ9_.%+-@x", "é", "ß", "٣", "K", " ", "\t", "\n", "\u2003", ",", "("]
+    ),
+    max_size=60,
+).map(lambda text: text + "@")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_email_like, st.sampled_from(["", "mail to ", "a@b.io ", "x" * 30 + " "]))
+def test_emails_are_scrubbed_in_their_words_as_in_the_whole_text(text: str, prefix: str) -> None:
+    """Only the words holding an `@` go through the email pattern: the same result as all of it."""
+    for candidate in (text, prefix + text, text + " user@example.com.", prefix + text[::-1]):
+        assert scrub._scrub_emails(candidate) == scrub._EMAIL_RE.sub("<email>", candidate)
+
+
 _ipv6_like = st.text(alphabet="0123456789abcdefABCDEF:.", min_size=2, max_size=45)
 
 
