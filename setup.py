@@ -1,13 +1,14 @@
 """Builds the optional compiled hot path; everything else is in pyproject.toml.
 
-The modules in `[tool.rivulet] compiled` (event validation, PII scrubbing, normalisation) are
-compiled with mypyc when it and a C compiler are present: the same source, type-checked by
-`mypy --strict`, at ~22% fewer instructions per normalised log event and ~32% fewer per
-gateway validation (docs/performance.md). Without a compiler, or with RIVULET_PURE_PYTHON=1,
-the pure-Python modules are installed and behave the same. mypyc type-checks what the modules
-import, so the dependencies must be installed first: `make` installs the project pure, then
-compiles in place (`setup.py build_ext --inplace`); the Dockerfile installs the dependencies
-before the project. When mypyc cannot run, the install goes on as pure Python, with a warning.
+The modules in `[tool.rivulet] compiled` (event validation, PII scrubbing, normalisation, stream
+entry codecs, command framing) are compiled with mypyc when it and a C compiler are present: the
+same source, type-checked by `mypy --strict`, at ~22% fewer instructions per normalised log event
+and ~32% fewer per gateway validation (docs/performance.md). Without a compiler, or with
+RIVULET_PURE_PYTHON=1, the pure-Python modules are installed and behave the same. mypyc
+type-checks what the modules import, so the dependencies must be installed first: `make`
+installs the project pure, then compiles in place (`setup.py build_ext --inplace`); the
+Dockerfile installs the dependencies before the project. When mypyc cannot run, the install goes
+on as pure Python, with a warning.
 """
 
 from __future__ import annotations
