@@ -414,21 +414,24 @@ class PackedScript:
     async def __call__(self, keys: Sequence[str], args: Sequence[CommandArg]) -> Any:
         command = pack_command(("EVALSHA", self.sha, len(keys), *keys, *args))
         try:
-            return await self._send(command)
+            return await send_packed(self.redis, command)
         except NoScriptError:
             await self.redis.script_load(self.text)
-            return await self._send(command)
+            return await send_packed(self.redis, command)
 
-    async def _send(self, command: bytes) -> Any:
-        pool = self.redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            # Both calls close the connection themselves when they fail or are cancelled, so a
-            # reply never read cannot be taken for the answer to the next command on it.
-            await connection.send_packed_command(command)
-            return await connection.read_response()
-        finally:
-            await pool.release(connection)
+
+async def send_packed(redis: aioredis.Redis, command: bytes) -> Any:
+    """One command already framed as RESP, on a pooled connection; its reply, or the error
+    redis-py raises for it."""
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        # Both calls close the connection themselves when they fail or are cancelled, so a
+        # reply never read cannot be taken for the answer to the next command on it.
+        await connection.send_packed_command(command)
+        return await connection.read_response()
+    finally:
+        await pool.release(connection)
 
 
 class Streams:
@@ -505,6 +508,13 @@ class Streams:
         dlq_maxlen: int,
     ) -> tuple[int, int]:
         """Atomically: add outputs (skipping ids seen within the window), dead letters, XACK."""
+        if not batch.outputs and not batch.dead_letters:
+            # A writer's batch that stored every row: one plain XACK costs Redis half of what
+            # the script's unpacking and XACKs do (~0.26 against ~0.5 us an id).
+            if batch.acked:
+                stream = self.keys.stream(kind, input_stage)
+                await send_packed(self.redis, pack_command(("XACK", stream, group, *batch.acked)))
+            return 0, 0
         output_stage: Stage = "clean" if input_stage == "raw" else "dlq"
         keys = [
             self.keys.stream(kind, input_stage),

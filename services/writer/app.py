@@ -5,7 +5,7 @@ written by the profiler) to ClickHouse's profile tables, through `ProfileSink`.
 
 Per consumer: read until the batch is `writer_batch_size` entries or `writer_batch_age_ms` old (or
 its stream has gone quiet at the end of a burst, `QUIET_FLUSH_MS`), insert, then ONE Lua script
-XACKs the batch and dead-letters rows the database refused.
+XACKs the batch and dead-letters rows the database refused (one plain XACK when it refused none).
 Guarantee: an entry is acknowledged only after its row is stored (or its refusal is in the DLQ);
 while a database is away the consumer retries the batch it holds with capped exponential backoff
 and jitter and reads nothing new, so the backlog waits in Redis. A re-delivered batch (crash,
@@ -340,7 +340,7 @@ class Writer(StoppableWorker):
         dead: Sequence[DeadLetter],
         bound: structlog.stdlib.BoundLogger,
     ) -> None:
-        """XACK the batch and dead-letter the refused rows, in one script."""
+        """XACK the batch and dead-letter the refused rows, atomically (`Streams.commit`)."""
         if dead:
             bound.warning("writer.dead_letters", count=len(dead), first_reason=dead[0].reason[:200])
         await self.streams.commit(

@@ -1,18 +1,21 @@
 """PackedScript against a real Redis: it loads itself when the server does not know it, returns
 the script's errors as redis-py does, and a call cancelled before its reply leaves nothing on the
-connection for the next command to read."""
+connection for the next command to read. A commit with nothing but acknowledgements goes as one
+plain XACK, framed the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.exceptions import ResponseError
 
-from shared.streams import PackedScript
+from shared.entries import StageCommit
+from shared.streams import Keys, PackedScript, Streams
 from tests.servers import REDIS_URL
 
 # Busy for `ARGV[1]` ms inside Redis (a script cannot sleep), then returns ARGV[2].
@@ -69,3 +72,21 @@ async def test_a_cancelled_call_leaves_no_reply_for_the_next_command(
         assert await client.ping()
     finally:
         await client.aclose()
+
+
+async def test_a_commit_of_acknowledgements_alone_acks_exactly_those_entries(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    streams = Streams(redis, Keys(namespace))
+    clean = streams.keys.stream("logs", "clean")
+    await redis.xgroup_create(clean, "writers", id="0", mkstream=True)
+    entry: dict[Any, Any] = {"received_at": "1", "body": "{}"}
+    ids = [cast(bytes, await redis.xadd(clean, entry)) for _ in range(3)]
+    await redis.xreadgroup("writers", "w", {clean: ">"})
+    acks_two = StageCommit(acked=ids[:2])
+    assert await streams.commit("logs", "writers", "clean", acks_two, 60, 100) == (0, 0)
+    pending = await redis.xpending_range(clean, "writers", min="-", max="+", count=10)
+    assert [row["message_id"] for row in pending] == [ids[2]]
+    nothing = StageCommit(acked=[])
+    assert await streams.commit("logs", "writers", "clean", nothing, 60, 100) == (0, 0)
+    assert await redis.xlen(streams.keys.stream("logs", "dlq")) == 0
