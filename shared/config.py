@@ -64,6 +64,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     # normalizer
     normalizer_batch: int = 500
+    # Bytes of entries per normalizer read (shared/budget.py): its commit carries every body in
+    # one Redis command.
+    normalizer_batch_bytes: int = 8 * 1024 * 1024
     normalizer_consumers: int = 2  # per kind: one processes while another waits on Redis
     # normalizer processes `rivulet up` runs: one process is bound to one core by the GIL
     up_normalizers: int = 2
@@ -79,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # ~25 MiB more heap (docs/performance.md).
     writer_batch_size: int = 10_000
     writer_batch_age_ms: int = 500
+    # Bytes of entries per writer batch (shared/budget.py); a batch holds them about four times
+    # over while it is inserted (entries, the joined rows, the engine's copy and parse).
+    writer_batch_bytes: int = 16 * 1024 * 1024
     writer_consumers: int = 2
     retry_attempts: int = 6
     retry_base_s: float = 0.2

@@ -49,6 +49,15 @@ def delivery_of(entry_id: EntryId, fields: Fields, deliveries: int = 1) -> Deliv
     return Delivery(entry_id, [item for pair in fields.items() for item in pair], deliveries)
 
 
+def entries_bytes(deliveries: Sequence[Delivery]) -> int:
+    """The bytes of the entries' field names and values: what holding them costs a worker."""
+    total = 0
+    for delivery in deliveries:
+        for item in delivery.flat:
+            total += len(item)
+    return total
+
+
 def fields_of(flat: FieldList) -> Fields:
     fields: Fields = {}
     for i in range(0, len(flat) - 1, 2):

@@ -1,12 +1,14 @@
 """Normalizer: `rivulet:{KIND}:raw` (group `normalizers`) -> `rivulet:{KIND}:clean` (+ `:dlq`).
 
-Per batch: validate, canonicalise, enrich and scrub every event (services.normalizer.normalize);
-then ONE Lua script appends the clean entries whose (tenant, id) was not seen within the dedupe
-window, appends dead letters, and XACKs the raw entries. Guarantee: every raw entry ends as
-exactly one clean entry or one dead letter (or as a duplicate of an event already clean), even when
-replicas crash: unacked entries are re-read by the restarted consumer or claimed by another
-after `claim_idle_ms`; an entry delivered more than `max_deliveries` times is dead-lettered.
-While the clean backlog is above its watermark (writers down), the normalizer stops reading.
+Per batch (one read of up to `normalizer_batch` entries or `normalizer_batch_bytes` of them,
+`shared.budget`): validate, canonicalise, enrich and scrub every event
+(services.normalizer.normalize); then ONE Lua script appends the clean entries whose (tenant, id)
+was not seen within the dedupe window, appends dead letters, and XACKs the raw entries.
+Guarantee: every raw entry ends as exactly one clean entry or one dead letter (or as a duplicate
+of an event already clean), even when replicas crash: unacked entries are re-read by the
+restarted consumer or claimed by another after `claim_idle_ms`; an entry delivered more than
+`max_deliveries` times is dead-lettered. While the clean backlog is above its watermark (writers
+down), the normalizer stops reading.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from redis.exceptions import RedisError
 
 from services.normalizer.enrich import UserAgentParser, open_geo
 from services.normalizer.normalize import Enrichment, process_batch
+from shared.budget import ReadBudget
 from shared.config import Settings
 from shared.consumer import StreamReader, ensure_group
 from shared.entries import StageCommit
@@ -82,6 +85,7 @@ class Normalizer(StoppableWorker):
         )
         bound = log.bind(stream=raw, consumer=consumer)
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_max_s)
+        budget = ReadBudget(self.settings.normalizer_batch, self.settings.normalizer_batch_bytes)
         group_ready = False
         watermark_checked_at = -WATERMARK_CHECK_S
         while not self.stopping:
@@ -97,9 +101,11 @@ class Normalizer(StoppableWorker):
                         await self.sleep(0.5)
                         continue
                     watermark_checked_at = time.monotonic()
-                deliveries = await reader.read(self.settings.normalizer_batch, block_ms=1000)
+                budget.begin()
+                deliveries = await reader.read(budget.count(), block_ms=1000)
                 if not deliveries:
                     continue
+                budget.took(deliveries)
                 read_at = time.monotonic()
                 batch = process_batch(
                     kind, deliveries, self.enrichment, self.settings.max_deliveries

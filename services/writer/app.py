@@ -3,8 +3,9 @@
 logs, spans and rum go to ClickHouse; metrics to PostgreSQL/TimescaleDB; profiles (clean entries
 written by the profiler) to ClickHouse's profile tables, through `ProfileSink`.
 
-Per consumer: read until the batch is `writer_batch_size` entries or `writer_batch_age_ms` old (or
-its stream has gone quiet at the end of a burst, `QUIET_FLUSH_MS`), insert, then ONE Lua script
+Per consumer: read until the batch is `writer_batch_size` entries, holds `writer_batch_bytes` of
+them (`shared.budget`), or is `writer_batch_age_ms` old (or its stream has gone quiet at the end
+of a burst, `QUIET_FLUSH_MS`), insert, then ONE Lua script
 XACKs the batch and dead-letters rows the database refused (one plain XACK when it refused none).
 Guarantee: an entry is acknowledged only after its row is stored (or its refusal is in the DLQ);
 while a database is away the consumer retries the batch it holds with capped exponential backoff
@@ -30,6 +31,7 @@ from redis.exceptions import RedisError
 
 from services.writer.batches import decode_batch, decode_profile_batch, insert_token
 from services.writer.sinks import ProfileSink, RejectedBatch, RetryableSinkError, Sink
+from shared.budget import ReadBudget
 from shared.config import Settings
 from shared.consumer import StreamReader, ensure_group
 from shared.entries import Delivery, StageCommit
@@ -160,6 +162,12 @@ class Writer(StoppableWorker):
         )
         backoff = Backoff(self.settings.retry_base_s, self.settings.retry_max_s)
         bound = log.bind(stream=stream, consumer=consumer)
+        budget = ReadBudget(
+            self.settings.profile_writer_batch_size
+            if kind == PROFILES
+            else self.settings.writer_batch_size,
+            self.settings.writer_batch_bytes,
+        )
         group_ready = False
         previous_full = False
         while not self.stopping:
@@ -167,21 +175,14 @@ class Writer(StoppableWorker):
                 if not group_ready:
                     await ensure_group(self.redis, stream, self.group)
                     group_ready = True
-                if kind == PROFILES:
-                    size = self.settings.profile_writer_batch_size
-                    batch = await self._collect(reader, size, after_full=previous_full)
-                    previous_full = len(batch) >= size
-                    if batch:
-                        flushed_from = time.monotonic()
-                        await self._flush_profiles(stream, consumer, batch, backoff, bound)
-                        self._observe_batch(kind, len(batch), flushed_from)
-                        backoff.reset()
-                    continue
-                batch = await self._collect(reader, after_full=previous_full)
-                previous_full = len(batch) >= self.settings.writer_batch_size
+                batch = await self._collect(reader, budget, after_full=previous_full)
+                previous_full = budget.full
                 if batch:
                     flushed_from = time.monotonic()
-                    await self._flush(kind, stream, consumer, batch, backoff, bound)
+                    if kind == PROFILES:
+                        await self._flush_profiles(stream, consumer, batch, backoff, bound)
+                    else:
+                        await self._flush(kind, stream, consumer, batch, backoff, bound)
                     self._observe_batch(kind, len(batch), flushed_from)
                     backoff.reset()
             except RedisError as exc:
@@ -193,15 +194,15 @@ class Writer(StoppableWorker):
                 await self.sleep(delay)
 
     async def _collect(
-        self, reader: StreamReader, size: int = 0, *, after_full: bool = False
+        self, reader: StreamReader, budget: ReadBudget, *, after_full: bool = False
     ) -> list[Delivery]:
-        """Read up to `size` entries: until full, `writer_batch_age_ms` after the first, or once
-        the stream is quiet if the batch may close early (`QUIET_FLUSH_MS`)."""
-        size = max(1, size or self.settings.writer_batch_size)
+        """Read until `budget` is full (entries or bytes), `writer_batch_age_ms` after the first
+        entry, or once the stream is quiet if the batch may close early (`QUIET_FLUSH_MS`)."""
+        budget.begin()
         batch: list[Delivery] = []
         deadline = 0.0
-        while len(batch) < size and not self.stopping:
-            may_close_early = bool(batch) and (after_full or len(batch) >= size // 10)
+        while not budget.full and not self.stopping:
+            may_close_early = bool(batch) and (after_full or len(batch) >= budget.max_entries // 10)
             if batch:
                 block_ms = int((deadline - time.monotonic()) * 1000)
                 if block_ms <= 0:
@@ -210,11 +211,12 @@ class Writer(StoppableWorker):
                     block_ms = min(block_ms, QUIET_FLUSH_MS)
             else:
                 block_ms = 1000
-            got = await reader.read(min(size - len(batch), 1000), block_ms=max(block_ms, 1))
+            got = await reader.read(budget.count(), block_ms=max(block_ms, 1))
             if not got and (may_close_early or not batch):
                 break
             if got and not batch:
                 deadline = time.monotonic() + self.settings.writer_batch_age_ms / 1000
+            budget.took(got)
             batch.extend(got)
         return batch
 

@@ -340,6 +340,27 @@ async def test_two_replicas_share_the_stream_without_duplicates(
     assert {c["name"] for c in consumers} == {b"n1-0", b"n1-1", b"n2-0", b"n2-1"}
 
 
+async def test_large_entries_make_batches_of_at_most_the_batch_bytes(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    bodies = [msgspec.json.encode(log_event(i, message="m" * 8000)) for i in range(100)]
+    await append_raw(redis, keys, "logs", bodies)
+    tuned = msgspec.structs.replace(
+        settings, normalizer_batch_bytes=64 * 1024, normalizer_consumers=1
+    )
+    worker = normalizer(tuned, redis, "n1")
+    async with running(worker):
+        await wait_for_len(redis, keys.stream("logs", "clean"), 100)
+    registry = worker.metrics.registry
+    labels = {"service": "normalizer", "kind": "logs"}
+    batches = registry.get_sample_value("rivulet_batch_size_count", labels)
+    # every batch holds at most 8 of these ~8 KB entries (the bucket of 10 covers them all)
+    small = registry.get_sample_value("rivulet_batch_size_bucket", labels | {"le": "10.0"})
+    assert batches is not None and batches >= 100 * 8000 // (64 * 1024)
+    assert small == batches
+
+
 async def test_entries_of_a_dead_consumer_are_claimed(
     redis: aioredis.Redis, settings: Settings, namespace: str
 ) -> None:

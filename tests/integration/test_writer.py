@@ -69,6 +69,7 @@ class FaultyClient:
         self.outage_calls = 0
         self.poison_marker = ""
         self.inserts = 0
+        self.insert_bytes: list[int] = []
 
     def raw_insert(self, table: str, column_names: Any, insert_block: bytes, **kwargs: Any) -> Any:
         if self.outage_calls > 0:
@@ -77,6 +78,7 @@ class FaultyClient:
         if self.poison_marker and self.poison_marker.encode() in insert_block:
             raise DatabaseError("Code: 53. DB::Exception: injected: type mismatch (TYPE_MISMATCH)")
         self.inserts += 1
+        self.insert_bytes.append(len(insert_block))
         return self.client.raw_insert(table, column_names, insert_block, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -425,3 +427,21 @@ async def test_a_burst_ends_without_waiting_out_the_batch_age(
         await wait_acked(redis, namespace, "logs")
         assert await count_rows(sink, "logs") == (255, 255)
     assert faulty.inserts == 4
+
+
+async def test_large_entries_close_a_batch_at_its_bytes(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    """A batch of large events stops at `writer_batch_bytes`, far below its entry count."""
+    budget = 64 * 1024
+    tuned = msgspec.structs.replace(settings, writer_batch_bytes=budget, writer_consumers=1)
+    faulty = FaultyClient(cast(Client, None))
+    sink = clickhouse_sink(tuned, faulty)
+    await append_clean(
+        redis, namespace, "logs", clean_events("logs", range(100), message="m" * 8000)
+    )
+    async with running_writer(tuned, redis, [sink], ["logs"]):
+        await wait_acked(redis, namespace, "logs")
+        assert await count_rows(sink, "logs") == (100, 100)
+    assert faulty.inserts >= 100 * 8000 // budget
+    assert max(faulty.insert_bytes) <= budget
