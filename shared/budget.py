@@ -19,17 +19,18 @@ from typing import Final
 
 from shared.entries import Delivery, entries_bytes
 
-# Entries asked for in one XREADGROUP at most: larger replies did not read faster here.
-MAX_READ: Final = 1000
 # The mean entry size assumed before a consumer's first read: a writer's first read of 16 MiB
 # asks for 256 entries rather than 1000, once.
 FIRST_ENTRY_BYTES: Final = 64 * 1024
 
 
 class ReadBudget:
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
+    """`max_read`: entries per XREADGROUP at most (default: the whole batch in one read)."""
+
+    def __init__(self, max_entries: int, max_bytes: int, max_read: int = 0) -> None:
         self.max_entries = max(1, max_entries)
         self.max_bytes = max(1, max_bytes)
+        self.max_read = max(1, max_read or max_entries)
         self.entry_bytes = FIRST_ENTRY_BYTES
         self.entries = 0
         self.bytes = 0
@@ -51,7 +52,7 @@ class ReadBudget:
         if self.full:
             return 0
         fit = (self.max_bytes - self.bytes) // self.entry_bytes
-        return max(1, min(self.max_entries - self.entries, MAX_READ, fit))
+        return max(1, min(self.max_entries - self.entries, self.max_read, fit))
 
     def took(self, deliveries: Sequence[Delivery]) -> None:
         """Count a read into the batch."""

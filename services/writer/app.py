@@ -5,8 +5,8 @@ written by the profiler) to ClickHouse's profile tables, through `ProfileSink`.
 
 Per consumer: read until the batch is `writer_batch_size` entries, holds `writer_batch_bytes` of
 them (`shared.budget`), or is `writer_batch_age_ms` old (or its stream has gone quiet at the end
-of a burst, `QUIET_FLUSH_MS`), insert, then ONE Lua script
-XACKs the batch and dead-letters rows the database refused (one plain XACK when it refused none).
+of a burst, `QUIET_FLUSH_MS`), insert, then ONE Lua script XACKs the batch and dead-letters rows
+the database refused (one plain XACK when it refused none).
 Guarantee: an entry is acknowledged only after its row is stored (or its refusal is in the DLQ);
 while a database is away the consumer retries the batch it holds with capped exponential backoff
 and jitter and reads nothing new, so the backlog waits in Redis. A re-delivered batch (crash,
@@ -50,6 +50,9 @@ log = structlog.get_logger()
 # waiting out the age, while a slow stream still makes few, large inserts (each insert is a part
 # the engine merges later).
 QUIET_FLUSH_MS: Final = 100
+# Entries per XREADGROUP while a batch fills: the batch's age and byte budget are checked between
+# reads.
+READ_COUNT: Final = 1000
 
 
 def _dead_letter(
@@ -167,6 +170,7 @@ class Writer(StoppableWorker):
             if kind == PROFILES
             else self.settings.writer_batch_size,
             self.settings.writer_batch_bytes,
+            READ_COUNT,
         )
         group_ready = False
         previous_full = False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.budget import FIRST_ENTRY_BYTES, MAX_READ, ReadBudget
+from shared.budget import FIRST_ENTRY_BYTES, ReadBudget
 from shared.entries import Delivery, entries_bytes
 
 
@@ -17,12 +17,18 @@ def test_entries_bytes_counts_names_and_values() -> None:
 
 
 def test_the_first_read_assumes_large_entries_then_the_mean_of_the_latest_read() -> None:
-    budget = ReadBudget(10_000, 16 * FIRST_ENTRY_BYTES)
+    budget = ReadBudget(10_000, 16 * FIRST_ENTRY_BYTES, max_read=1000)
     assert budget.count() == 16
     budget.took(read(16, 92))  # 100 bytes each
-    assert budget.count() == MAX_READ
+    assert budget.count() == 1000
     budget.begin()
-    assert budget.count() == MAX_READ  # the mean carries over to the next batch
+    assert budget.count() == 1000  # the mean carries over to the next batch
+
+
+def test_without_max_read_the_whole_batch_is_one_read() -> None:
+    budget = ReadBudget(5000, 1 << 30)
+    budget.entry_bytes = 100
+    assert budget.count() == 5000
 
 
 def test_a_batch_stops_at_its_bytes() -> None:
