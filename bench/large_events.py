@@ -104,7 +104,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--message-bytes", type=int, default=8000)
     args = parser.parse_args()
-    print(f"{args.events} logs with {args.message_bytes}-byte messages, writer_batch_size 10000")
+    print(
+        f"{args.events} logs with {args.message_bytes}-byte messages, "
+        f"writer_batch_size {Settings().writer_batch_size}"
+    )
     print("writer_batch_bytes  anonymous MiB: before  peak  seconds")
     spawn = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue[str] = spawn.Queue()
