@@ -468,7 +468,12 @@ def bench_pipeline(root: Path, raw_backlog: int = 0) -> Pipeline:
     answer 503 to every batch above it, for as long as the run lasts.
     """
     defaults = Settings()
-    env = {f"RIVULET_{name.upper()}": str(getattr(defaults, name)) for name in HARNESS_TUNINGS}
+    # A value set in the bench's own environment wins: that is how a tuning is compared.
+    env = {
+        var: os.environ.get(var, str(getattr(defaults, name)))
+        for name in HARNESS_TUNINGS
+        for var in [f"RIVULET_{name.upper()}"]
+    }
     if raw_backlog >= defaults.raw_high_watermark:
         env["RIVULET_RAW_HIGH_WATERMARK"] = str(2 * raw_backlog)
     return Pipeline(

@@ -90,7 +90,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     retry_base_s: float = 0.2
     retry_max_s: float = 10.0
     clickhouse_ttl_days: int = 30
-    trim_interval_s: float = 5.0
+    # Entries a trim leaves behind hold Redis memory, and each new entry's page is faulted in
+    # afresh unless freed ones can be reused: 5 s let a 200,000-log burst fault ~50,000 pages
+    # into Redis, 0.5 s ~13,000 (docs/performance.md).
+    trim_interval_s: float = 0.5
 
     # profiles (gateway limits, profiler, its HTTP reports, the writer's profiles path)
     max_profile_bytes: int = 8 * 1024 * 1024  # one profile on the wire (413)
