@@ -123,21 +123,29 @@ def decode_clean(fields: Fields) -> tuple[int, bytes]:
     return _nanos(fields), fields.get(b"body", b"")
 
 
+def _utf8(value: bytes) -> str:
+    """`value.decode("utf-8", "replace")`; the strict decode is faster, and almost always right."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "replace")
+
+
 def decode_raw_fields(flat: FieldList) -> RawEntry:
     """`decode_raw` of a delivery's field list; by position when the gateway wrote it."""
     if not _laid_out(flat, _RAW_NAMES):
         return decode_raw(fields_of(flat))
-    tenant = flat[1].decode("utf-8", "replace")
+    tenant = _utf8(flat[1])
     if not tenant:
         raise MalformedEntry("no tenant")
     return RawEntry(
-        tenant=tenant,
-        kind=flat[3].decode("utf-8", "replace"),  # type: ignore[arg-type]  # as in decode_raw
-        id=flat[5].decode("utf-8", "replace"),
-        received_at=_parse_nanos(flat[7]),
-        body=flat[9],
-        ip=flat[11].decode("utf-8", "replace"),
-        ua=flat[13].decode("utf-8", "replace"),
+        tenant,
+        _utf8(flat[3]),  # type: ignore[arg-type]  # the kind, checked as in decode_raw
+        _utf8(flat[5]),
+        _parse_nanos(flat[7]),
+        flat[9],
+        _utf8(flat[11]),
+        _utf8(flat[13]),
     )
 
 

@@ -76,6 +76,14 @@ def test_other_layouts_decode_as_by_name(fields: Fields) -> None:
     assert outcome(decode_clean_fields, flat(fields)) == outcome(decode_clean, fields)
 
 
+@pytest.mark.parametrize("name", [b"tenant", b"kind", b"id", b"ip", b"ua"])
+def test_invalid_utf8_decodes_with_replacement_either_way(name: bytes) -> None:
+    fields = {**RAW, name: b"\xff\xfe" + RAW[name]}
+    decoded = decode_raw_fields(flat(fields))
+    assert decoded == decode_raw(fields)
+    assert getattr(decoded, name.decode()) == "\ufffd\ufffd" + RAW[name].decode()
+
+
 def test_a_repeated_name_reads_its_last_value_either_way() -> None:
     """A dict keeps the last of repeated names; the positional read must agree."""
     doubled = [b"body", b"first", b"received_at", b"1", *flat(CLEAN)[2:]]

@@ -28,6 +28,12 @@ def test_a_reply_parser_reads_back_the_arguments(args: list[bytes]) -> None:
     assert reader.gets() is False  # nothing left over
 
 
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 100_000])
+def test_arguments_on_both_sides_of_the_cached_headers_are_framed_alike(size: int) -> None:
+    command = ("SET", "k", b"x" * size, "y" * size)
+    assert pack_command(command) == hiredis.pack_command(command)  # type: ignore[arg-type]
+
+
 def test_a_bool_is_refused() -> None:
     with pytest.raises(TypeError, match="bool"):
         pack_command(["SET", "k", True])
