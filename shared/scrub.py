@@ -17,7 +17,6 @@ Both return their argument unchanged (the same object) when there is nothing to 
 
 from __future__ import annotations
 
-import functools
 import re
 import socket
 from typing import Final
@@ -178,18 +177,37 @@ _SECRET_KEY_SUFFIXES: Final = (
 )
 
 
-# Attribute keys repeat from event to event; a cache hit is far cheaper than lower() plus a
-# nine-suffix endswith(). Bounded: keys are client-chosen.
-@functools.lru_cache(maxsize=4096)
-def _is_secret_key(key: str) -> bool:
-    return key.lower().endswith(_SECRET_KEY_SUFFIXES)
-
-
-# Attribute values repeat far more than messages do (status codes, regions, routes, hosts): a
-# cache hit skips scrub_text's substring tests and scans. Bounded in entries, and only short
-# values are kept.
-_scrub_short_value: Final = functools.lru_cache(maxsize=8192)(scrub_text)
+# Attribute keys, and short values (status codes, regions, routes, hosts), repeat from event to
+# event far more than messages do: a cache hit skips lower() and nine endswith(), or scrub_text's
+# substring tests and scans. Plain dicts: compiled, a hit costs a fraction of a call through
+# `functools.lru_cache`, which packs its argument into a tuple (docs/performance.md). Bounded in
+# entries (keys and values are client-chosen): a full cache is emptied and refills.
+_CACHE_ENTRIES: Final = 8192
 _CACHED_VALUE_CHARS: Final = 64
+_secret_keys: Final[dict[str, bool]] = {}
+_short_values: Final[dict[str, str]] = {}
+
+
+def _is_secret_key(key: str) -> bool:
+    known = _secret_keys.get(key)
+    if known is not None:
+        return known
+    if len(_secret_keys) >= _CACHE_ENTRIES:
+        _secret_keys.clear()
+    secret = key.lower().endswith(_SECRET_KEY_SUFFIXES)
+    _secret_keys[key] = secret
+    return secret
+
+
+def _scrub_short_value(value: str) -> str:
+    known = _short_values.get(value)
+    if known is not None:
+        return known
+    if len(_short_values) >= _CACHE_ENTRIES:
+        _short_values.clear()
+    scrubbed = scrub_text(value)
+    _short_values[value] = scrubbed
+    return scrubbed
 
 
 def scrub_attrs(attrs: dict[str, str]) -> dict[str, str]:

@@ -209,6 +209,15 @@ def test_attrs_repeated_values_return_the_callers_dict() -> None:
         assert scrub_attrs(attrs) is attrs
 
 
+def test_attrs_caches_stay_bounded_and_right_when_they_refill() -> None:
+    count = scrub._CACHE_ENTRIES + 10
+    for i in range(count):
+        out = scrub_attrs({f"k{i}": f"v{i}", f"x-{i}-token": "t", "ip": f"10.0.{i % 256}.1"})
+        assert out == {f"k{i}": f"v{i}", f"x-{i}-token": "<redacted>", "ip": "<ipv4>"}
+        assert len(scrub._secret_keys) <= scrub._CACHE_ENTRIES
+        assert len(scrub._short_values) <= scrub._CACHE_ENTRIES
+
+
 def test_attrs_empty() -> None:
     attrs: dict[str, str] = {}
     assert scrub_attrs(attrs) == {}
