@@ -40,6 +40,8 @@ from shared.scrub import scrub_attrs, scrub_text
 
 CLIENT_IP_ATTRIBUTES: Final = ("client_ip", "client.address", "http.client_ip", "ip")
 _encoder: Final = msgspec.json.Encoder()
+# Bound once: compiled, `msgspec.structs.replace` is two module attribute lookups per call.
+_replace: Final = msgspec.structs.replace
 
 
 @dataclass(frozen=True)
@@ -55,17 +57,18 @@ def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent
     event = parse_event(kind, entry.body, entry.tenant)
     ident, received_at = entry.id or event.id, entry.received_at
     if isinstance(event, Log):
-        ip = next((event.attrs[k] for k in CLIENT_IP_ATTRIBUTES if k in event.attrs), "")
-        return msgspec.structs.replace(
+        attrs = event.attrs
+        ip = _client_ip(attrs)
+        return _replace(
             event,
             id=ident,
             received_at=received_at,
             message=scrub_text(event.message),
-            attrs=scrub_attrs(event.attrs),
+            attrs=scrub_attrs(attrs),
             geo=enrichment.geo(ip) if ip else event.geo,
         )
     if isinstance(event, Rum):
-        return msgspec.structs.replace(
+        return _replace(
             event,
             id=ident,
             received_at=received_at,
@@ -77,7 +80,7 @@ def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent
             user_agent=enrichment.user_agent(entry.ua),
         )
     if isinstance(event, Span):
-        return msgspec.structs.replace(
+        return _replace(
             event,
             id=ident,
             received_at=received_at,
@@ -85,13 +88,22 @@ def normalize(kind: Kind, entry: RawEntry, enrichment: Enrichment) -> CleanEvent
             attrs=scrub_attrs(event.attrs),
         )
     assert isinstance(event, Metric)
-    return msgspec.structs.replace(
+    return _replace(
         event,
         id=ident,
         received_at=received_at,
         labels=scrub_attrs(event.labels),
         attrs=scrub_attrs(event.attrs),
     )
+
+
+def _client_ip(attrs: dict[str, str]) -> str:
+    """The first client-IP attribute present, or ""."""
+    for name in CLIENT_IP_ATTRIBUTES:
+        value = attrs.get(name)
+        if value is not None:
+            return value
+    return ""
 
 
 def _browser_attrs(attrs: dict[str, str], ip: str) -> dict[str, str]:
