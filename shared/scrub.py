@@ -86,6 +86,20 @@ _NUMERIC_RE: Final = re.compile(
 _CARD_HINT: Final = re.compile(r"[0-9][0-9 -]{11}")
 
 
+# Every key `_SECRET_RE` knows, and "bearer", holds one of these words.
+_SECRET_WORDS: Final = ("token", "passw", "pwd", "secret", "api", "bearer")
+
+
+def _may_hold_secret(text: str) -> bool:
+    """False only where `_SECRET_RE` cannot match: a key=value log line without a secret key
+    skips its scan. For ASCII text a case-insensitive match is a match in lower case; beyond
+    ASCII it reaches further (the Kelvin sign matches k), so the regex decides."""
+    if not text.isascii():
+        return True
+    lowered = text.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
 def _luhn_ok(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -152,7 +166,7 @@ def scrub_text(text: str) -> str:
     """Replace PII and secrets in `text` with typed placeholders (see module docstring)."""
     out = text
     # Cheap substring tests decide which passes can possibly match.
-    if "=" in out or ":" in out or "earer" in out or "EARER" in out:
+    if ("=" in out or ":" in out or "earer" in out or "EARER" in out) and _may_hold_secret(out):
         out = _SECRET_RE.sub(_secret_sub, out)
     if "@" in out:
         out = _scrub_emails(out)

@@ -218,6 +218,26 @@ def test_attrs_caches_stay_bounded_and_right_when_they_refill() -> None:
         assert len(scrub._short_values) <= scrub._CACHE_ENTRIES
 
 
+SECRETISH = st.lists(
+    st.sampled_from(["token", "Passw", "PWD", "secreT", "api", "_key", "bearer ", "=", ":", " "])
+    | st.sampled_from(list("aBpStTkKeEyYrRoOdDwW0123456789\"'=: \t-_.\u212a\u017f")),
+    max_size=20,
+).map("".join)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(SECRETISH)
+def test_the_secret_prefilter_passes_everything_the_regex_would_match(text: str) -> None:
+    if scrub._SECRET_RE.search(text) is not None:
+        assert scrub._may_hold_secret(text)
+
+
+def test_a_key_value_line_without_secret_keys_is_left_as_is() -> None:
+    line = "level=info msg=done duration=12ms status=200 path=/x"
+    assert not scrub._may_hold_secret(line)
+    assert scrub_text(line) is line
+
+
 def test_attrs_empty() -> None:
     attrs: dict[str, str] = {}
     assert scrub_attrs(attrs) == {}
