@@ -705,7 +705,7 @@ _field_values = st.sampled_from(
 def _general(kind: Kind, raw: bytes) -> Any:
     try:
         wire, extras = events_module._decode_general(kind, raw)
-        event = events_module._build(wire, extras, "acme")
+        event = events_module._build(kind, wire, extras, "acme")
         return msgspec.structs.replace(event, id=event.id or event_id(event))
     except InvalidEvent as exc:
         return ("invalid", str(exc))
