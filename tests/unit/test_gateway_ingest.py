@@ -263,6 +263,18 @@ def test_split_too_many_events(body: bytes, content_type: str) -> None:
     assert info.value.status == 413
 
 
+@pytest.mark.parametrize("newlines", range(1, 12))
+def test_blank_lines_beyond_twice_the_events_are_refused_unsplit(newlines: int) -> None:
+    """Up to 2 * max_events + 1 newlines pass (blank lines, CRLF); one more is a 413."""
+    body = b"{}" + b"\n" * newlines
+    if newlines > 2 * 3 + 1:
+        with pytest.raises(HttpError) as info:
+            split_events(body, NDJSON, 3)
+        assert info.value.status == 413
+    else:
+        assert split_events(body, NDJSON, 3) == [b"{}"]
+
+
 # --- validate_events -----------------------------------------------------------------------------
 
 
