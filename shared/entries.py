@@ -66,7 +66,8 @@ def fields_of(flat: FieldList) -> Fields:
 
 
 def _laid_out(flat: FieldList, names: list[bytes]) -> bool:
-    """The names at their positions; compiled, a loop costs a third of `flat[::2] == names`."""
+    """The names at their positions, compared in place: compiled, cheaper than building
+    `flat[::2]` to compare it."""
     return len(flat) == 2 * len(names) and all(
         flat[2 * position] == name for position, name in enumerate(names)
     )

@@ -16,8 +16,8 @@ from typing import Final
 
 CommandArg = bytes | str | int | float
 
-# Bulk-string headers (`$<len>\r\n`) of the sizes most arguments have, made once: formatting one
-# took ~35 ns of the ~75 an argument cost here, a list lookup ~2 (docs/performance.md).
+# Bulk-string headers (`$<len>\r\n`) of the sizes most arguments have, made once: formatting each
+# was ~30 of the ~75 ns an argument cost here (docs/performance.md).
 _CACHED_HEADERS: Final = 4096
 _HEADERS: Final = [b"$%d\r\n" % size for size in range(_CACHED_HEADERS)]
 
