@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import socket
-from typing import Final
+from typing import Final, TypeVar
 
 __all__ = ["scrub_attrs", "scrub_text"]
 
@@ -197,31 +197,32 @@ _SECRET_KEY_SUFFIXES: Final = (
 # `functools.lru_cache`, which packs its argument into a tuple (docs/performance.md). Bounded in
 # entries (keys and values are client-chosen): a full cache is emptied and refills.
 _CACHE_ENTRIES: Final = 8192
+T = TypeVar("T")
 _CACHED_VALUE_CHARS: Final = 64
 _secret_keys: Final[dict[str, bool]] = {}
 _short_values: Final[dict[str, str]] = {}
+
+
+def _remember(cache: dict[str, T], key: str, value: T) -> T:
+    """Store a computed value, emptying the cache first when it is full."""
+    if len(cache) >= _CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+    return value
 
 
 def _is_secret_key(key: str) -> bool:
     known = _secret_keys.get(key)
     if known is not None:
         return known
-    if len(_secret_keys) >= _CACHE_ENTRIES:
-        _secret_keys.clear()
-    secret = key.lower().endswith(_SECRET_KEY_SUFFIXES)
-    _secret_keys[key] = secret
-    return secret
+    return _remember(_secret_keys, key, key.lower().endswith(_SECRET_KEY_SUFFIXES))
 
 
 def _scrub_short_value(value: str) -> str:
     known = _short_values.get(value)
     if known is not None:
         return known
-    if len(_short_values) >= _CACHE_ENTRIES:
-        _short_values.clear()
-    scrubbed = scrub_text(value)
-    _short_values[value] = scrubbed
-    return scrubbed
+    return _remember(_short_values, value, scrub_text(value))
 
 
 def scrub_attrs(attrs: dict[str, str]) -> dict[str, str]:
