@@ -93,11 +93,32 @@ def _nanos(fields: Fields) -> int:
     return _parse_nanos(fields.get(b"received_at", b"0"))
 
 
+class _LastNanos:
+    """The last `received_at` parsed, and its value."""
+
+    def __init__(self) -> None:
+        self.parsed: tuple[bytes, int] = (b"", 0)
+
+    def parse(self, value: bytes) -> int:
+        raw = value or b"0"
+        last_raw, last_value = self.parsed
+        if raw == last_raw:
+            return last_value
+        if not raw.isdigit() or len(raw) > 20:
+            raise MalformedEntry(f"received_at is not integer nanoseconds: {raw[:40]!r}")
+        nanos = int(raw)
+        self.parsed = (raw, nanos)  # one tuple: the pair is replaced at once
+        return nanos
+
+
+# Every event of one gateway request has the same `received_at` (and tenant, kind, ip, ua), and
+# a read holds whole requests: comparing the bytes with the last ones is far cheaper than `int()`
+# or decoding them again (docs/performance.md).
+_received_at: Final = _LastNanos()
+
+
 def _parse_nanos(value: bytes) -> int:
-    raw = value or b"0"
-    if not raw.isdigit() or len(raw) > 20:
-        raise MalformedEntry(f"received_at is not integer nanoseconds: {raw[:40]!r}")
-    return int(raw)
+    return _received_at.parse(value)
 
 
 def _tenant(fields: Fields) -> str:
@@ -135,21 +156,42 @@ def _utf8(value: bytes) -> str:
         return value.decode("utf-8", "replace")
 
 
+class _LastText:
+    """The last bytes of one raw field decoded, and their text."""
+
+    def __init__(self) -> None:
+        self.decoded: tuple[bytes, str] = (b"", "")
+
+    def decode(self, value: bytes) -> str:
+        last_raw, last_text = self.decoded
+        if value == last_raw:
+            return last_text
+        text = _utf8(value)
+        self.decoded = (value, text)
+        return text
+
+
+_tenant_text: Final = _LastText()
+_kind_text: Final = _LastText()
+_ip_text: Final = _LastText()
+_ua_text: Final = _LastText()
+
+
 def decode_raw_fields(flat: FieldList) -> RawEntry:
     """`decode_raw` of a delivery's field list; by position when the gateway wrote it."""
     if not _laid_out(flat, _RAW_NAMES):
         return decode_raw(fields_of(flat))
-    tenant = _utf8(flat[1])
+    tenant = _tenant_text.decode(flat[1])
     if not tenant:
         raise MalformedEntry("no tenant")
     return RawEntry(
         tenant,
-        _utf8(flat[3]),  # type: ignore[arg-type]  # the kind, checked as in decode_raw
+        _kind_text.decode(flat[3]),  # type: ignore[arg-type]  # the kind, checked as in decode_raw
         _utf8(flat[5]),
-        _parse_nanos(flat[7]),
+        _received_at.parse(flat[7]),
         flat[9],
-        _utf8(flat[11]),
-        _utf8(flat[13]),
+        _ip_text.decode(flat[11]),
+        _ua_text.decode(flat[13]),
     )
 
 
@@ -159,7 +201,7 @@ def decode_clean_fields(flat: FieldList) -> tuple[int, bytes]:
     ones, in a dict too."""
     if len(flat) != 2 * len(_CLEAN_NAMES) or flat[6] != b"received_at" or flat[8] != b"body":
         return decode_clean(fields_of(flat))
-    return _parse_nanos(flat[7]), flat[9]
+    return _received_at.parse(flat[7]), flat[9]
 
 
 def salvage_dead_letter(

@@ -100,6 +100,32 @@ def test_malformed_positional_entries_raise() -> None:
         decode_clean_fields(flat({**CLEAN, b"received_at": b"-1"}))
 
 
+# Values of equal lengths, so that only their bytes tell them apart.
+received_ats = st.sampled_from([b"1795416778017419836", b"1795416778017419837", b"7", b"8"])
+texts = st.sampled_from([b"acme", b"acmf", b"\xffcme", b"", b"caf\xc3\xa9", b"caf\xc3\xa8"])
+
+
+@given(st.lists(st.tuples(texts, texts, texts, received_ats | st.just(b"-1")), max_size=12))
+def test_entries_decode_alike_however_they_follow_each_other(
+    series: list[tuple[bytes, bytes, bytes, bytes]],
+) -> None:
+    # The last tenant, kind, ip, ua and received_at read are remembered: a repeat, a new value
+    # or an invalid one after a valid one must each come out as if read alone.
+    for tenant, ip, ua, received_at in series:
+        raw = {**RAW, b"tenant": tenant, b"received_at": received_at, b"ip": ip, b"ua": ua}
+        if not tenant or received_at == b"-1":
+            with pytest.raises(MalformedEntry):
+                decode_raw_fields(flat(raw))
+            continue
+        entry = decode_raw_fields(flat(raw))
+        assert (entry.tenant, entry.ip, entry.ua) == tuple(
+            value.decode("utf-8", "replace") for value in (tenant, ip, ua)
+        )
+        assert entry.received_at == int(received_at)
+        clean = {**CLEAN, b"received_at": received_at}
+        assert decode_clean_fields(flat(clean)) == (int(received_at), CLEAN[b"body"])
+
+
 names = st.sampled_from([*RAW, b"reason", b""])
 values = st.binary(max_size=24) | st.sampled_from(list(RAW.values()))
 
