@@ -106,7 +106,7 @@ def classify_clickhouse(exc: BaseException) -> Exception:
 
 
 # The token deduplicates in the table behind the ingest view too; floats parse exactly as encoded.
-_JSON_INSERT: Final[dict[str, Any]] = {
+JSON_INSERT_SETTINGS: Final[dict[str, Any]] = {
     "max_partitions_per_insert_block": 0,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
     "precise_float_parsing": 1,
@@ -180,7 +180,7 @@ class ClickHouseSink:
                 table,
                 None,
                 rows,
-                settings=_JSON_INSERT | {"insert_deduplication_token": token},
+                settings=JSON_INSERT_SETTINGS | {"insert_deduplication_token": token},
                 fmt="JSONEachRow",
             )
 

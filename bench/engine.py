@@ -1,0 +1,145 @@
+"""The ClickHouse engine's own CPU per inserted log row: parsing alone, and the whole insert.
+
+    .venv/bin/python -m bench.engine [--variants full,parse] [--runs 2] [--batches 40]
+
+Each run is a process of its own (chdb runs one engine per process) on a fresh data path. It
+builds its batches first: bench log events through the normalizer's `process_batch`, each with
+an id of its own, so that no two rows share a sorting key. Then it inserts them as the writer
+does (JSONEachRow into the kind's ingest table, the writer's settings, a dedupe token per batch),
+one batch every `--interval-ms`, and waits `--settle-s` for merges. It prints the process's CPU
+per row (the engine's threads included) while inserting and with the merges after, and the rows
+the table holds. Variants, alternated run by run:
+- `full`: the writer's tables (the Null ingest table and its view into `logs`);
+- `parse`: the ingest table without its view, so the engine parses the rows and stores nothing.
+
+Check the row count of every variant of a table: `ReplacingMergeTree` collapses rows whose
+sorting key is equal as it inserts, and a table that drops rows costs less per row sent
+(docs/performance.md). Not part of `make test`: figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import clickhouse_connect
+import msgspec
+
+from bench.events import make_events
+from services.normalizer.app import build_enrichment
+from services.normalizer.normalize import process_batch
+from services.writer.rows import CLICKHOUSE_DDL, INSERTED_AT, ingest_ddl, ingest_table
+from services.writer.sinks import JSON_INSERT_SETTINGS
+from shared.config import Settings
+from shared.entries import delivery_of
+
+VARIANTS = ("full", "parse")
+DATABASE = "rivulet"
+RECEIVED_AT = 1_795_416_778_017_419_836
+
+
+def clean_batches(batches: int, rows: int) -> list[bytes]:
+    """JSONEachRow bodies of `batches` batches, as the normalizer writes clean log events."""
+    enrichment = build_enrichment(Settings())
+    events = make_events("logs", 0, rows, random.Random(7))
+    bodies = [msgspec.json.encode(event) for event in events]
+    out = []
+    for batch in range(batches):
+        raw = [
+            delivery_of(
+                f"{i}-0".encode(),
+                {
+                    b"tenant": b"acme",
+                    b"kind": b"logs",
+                    b"id": f"b{batch}-{i}".encode(),
+                    b"received_at": str(RECEIVED_AT).encode(),
+                    b"body": body,
+                    b"ip": b"81.2.69.142",
+                    b"ua": b"rivulet-bench/1.0",
+                },
+            )
+            for i, body in enumerate(bodies)
+        ]
+        out.append(
+            b"\n".join(entry.body for entry in process_batch("logs", raw, enrichment, 5).outputs)
+        )
+    return out
+
+
+def run_child(variant: str, batches: int, rows: int, interval_s: float, settle_s: float) -> None:
+    inserts = clean_batches(batches, rows)
+    with tempfile.TemporaryDirectory(prefix="rivulet-engine-") as path:
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        client.command(f"CREATE DATABASE {DATABASE}")
+        client.command(CLICKHOUSE_DDL["logs"].format(db=DATABASE, ttl="", inserted_at=INSERTED_AT))
+        for statement in ingest_ddl(DATABASE, "logs"):
+            if variant == "parse" and "MATERIALIZED VIEW" in statement:
+                continue
+            client.command(statement)
+        table = f"{DATABASE}.{ingest_table('logs')}"
+        started = time.process_time()
+        for rows_json in inserts:
+            token = hashlib.sha256(rows_json).hexdigest()
+            client.raw_insert(
+                table,
+                None,
+                rows_json,
+                settings=JSON_INSERT_SETTINGS | {"insert_deduplication_token": token},
+                fmt="JSONEachRow",
+            )
+            time.sleep(interval_s)
+        inserting = time.process_time() - started
+        time.sleep(settle_s)
+        with_merges = time.process_time() - started
+        stored = client.command(f"SELECT count() FROM {DATABASE}.logs")
+        sent = batches * rows
+        print(
+            f"{variant:6} {inserting / sent * 1e6:6.2f} µs/row inserting, "
+            f"{with_merges / sent * 1e6:6.2f} with {settle_s:g} s of merges after; "
+            f"{stored} of {sent} rows in logs"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--runs", type=int, default=2, help="runs of each variant, alternated")
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--rows", type=int, default=5000, help="rows per batch")
+    parser.add_argument("--interval-ms", type=float, default=100.0)
+    parser.add_argument("--settle-s", type=float, default=15.0)
+    parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        run_child(args.child, args.batches, args.rows, args.interval_ms / 1000, args.settle_s)
+        return
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
+    for _ in range(args.runs):
+        for variant in variants:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.engine",
+                    *("--child", variant),
+                    *("--batches", str(args.batches), "--rows", str(args.rows)),
+                    *("--interval-ms", str(args.interval_ms), "--settle-s", str(args.settle_s)),
+                ],
+                check=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+
+
+if __name__ == "__main__":
+    main()
