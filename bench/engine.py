@@ -31,17 +31,15 @@ from pathlib import Path
 import clickhouse_connect
 import msgspec
 
-from bench.events import make_events
+from bench.events import make_events, raw_log_delivery
 from services.normalizer.app import build_enrichment
 from services.normalizer.normalize import process_batch
 from services.writer.rows import CLICKHOUSE_DDL, INSERTED_AT, ingest_ddl, ingest_table
-from services.writer.sinks import JSON_INSERT_SETTINGS
+from services.writer.sinks import insert_json_rows
 from shared.config import Settings
-from shared.entries import delivery_of
 
 VARIANTS = ("full", "parse")
 DATABASE = "rivulet"
-RECEIVED_AT = 1_795_416_778_017_419_836
 
 
 def clean_batches(batches: int, rows: int) -> list[bytes]:
@@ -51,21 +49,7 @@ def clean_batches(batches: int, rows: int) -> list[bytes]:
     bodies = [msgspec.json.encode(event) for event in events]
     out = []
     for batch in range(batches):
-        raw = [
-            delivery_of(
-                f"{i}-0".encode(),
-                {
-                    b"tenant": b"acme",
-                    b"kind": b"logs",
-                    b"id": f"b{batch}-{i}".encode(),
-                    b"received_at": str(RECEIVED_AT).encode(),
-                    b"body": body,
-                    b"ip": b"81.2.69.142",
-                    b"ua": b"rivulet-bench/1.0",
-                },
-            )
-            for i, body in enumerate(bodies)
-        ]
+        raw = [raw_log_delivery(i, f"b{batch}-{i}", body) for i, body in enumerate(bodies)]
         out.append(
             b"\n".join(entry.body for entry in process_batch("logs", raw, enrichment, 5).outputs)
         )
@@ -85,14 +69,7 @@ def run_child(variant: str, batches: int, rows: int, interval_s: float, settle_s
         table = f"{DATABASE}.{ingest_table('logs')}"
         started = time.process_time()
         for rows_json in inserts:
-            token = hashlib.sha256(rows_json).hexdigest()
-            client.raw_insert(
-                table,
-                None,
-                rows_json,
-                settings=JSON_INSERT_SETTINGS | {"insert_deduplication_token": token},
-                fmt="JSONEachRow",
-            )
+            insert_json_rows(client, table, rows_json, hashlib.sha256(rows_json).hexdigest())
             time.sleep(interval_s)
         inserting = time.process_time() - started
         time.sleep(settle_s)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from typing import Any, Final
+
+from shared.entries import Delivery, delivery_of
 
 USER_AGENTS = [
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -76,3 +78,23 @@ def make_events(kind: str, start: int, count: int, rng: random.Random) -> list[d
         event["id"] = f"{kind}-{i}"
         out.append(event)
     return out
+
+
+# The receive time of the pure-path benchmarks' raw entries (`bench.instructions`, `bench.engine`).
+RECEIVED_AT: Final = 1_795_416_778_017_419_836
+
+
+def raw_log_delivery(position: int, event_id: str, body: bytes) -> Delivery:
+    """A raw log entry as the gateway writes it, delivered once."""
+    return delivery_of(
+        f"{position}-0".encode(),
+        {
+            b"tenant": b"acme",
+            b"kind": b"logs",
+            b"id": event_id.encode(),
+            b"received_at": str(RECEIVED_AT).encode(),
+            b"body": body,
+            b"ip": b"10.1.2.3",
+            b"ua": b"rivulet-bench/1.0",
+        },
+    )

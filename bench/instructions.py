@@ -26,11 +26,10 @@ from collections.abc import Callable
 
 import msgspec
 
-from bench.events import make_events
+from bench.events import RECEIVED_AT, make_events, raw_log_delivery
 from shared.entries import delivery_of
 
 TARGETS = ("gateway_parse", "normalize", "writer_decode")
-RECEIVED_AT = 1_795_416_778_017_419_836
 
 
 def log_bodies(count: int) -> list[bytes]:
@@ -50,21 +49,7 @@ def prepare(target: str, count: int) -> Callable[[], object]:
         from shared.config import Settings
 
         enrichment = build_enrichment(Settings())
-        raw = [
-            delivery_of(
-                f"{i}-0".encode(),
-                {
-                    b"tenant": b"acme",
-                    b"kind": b"logs",
-                    b"id": f"logs-{i}".encode(),
-                    b"received_at": str(RECEIVED_AT).encode(),
-                    b"body": body,
-                    b"ip": b"10.1.2.3",
-                    b"ua": b"rivulet-bench/1.0",
-                },
-            )
-            for i, body in enumerate(bodies)
-        ]
+        raw = [raw_log_delivery(i, f"logs-{i}", body) for i, body in enumerate(bodies)]
         return lambda: process_batch("logs", raw, enrichment, 5)
     if target == "writer_decode":
         from services.normalizer.normalize import to_clean_entry

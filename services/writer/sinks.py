@@ -106,12 +106,23 @@ def classify_clickhouse(exc: BaseException) -> Exception:
 
 
 # The token deduplicates in the table behind the ingest view too; floats parse exactly as encoded.
-JSON_INSERT_SETTINGS: Final[dict[str, Any]] = {
+_JSON_INSERT: Final[dict[str, Any]] = {
     "max_partitions_per_insert_block": 0,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
     "precise_float_parsing": 1,
     "input_format_skip_unknown_fields": 1,
 }
+
+
+def insert_json_rows(client: Client, table: str, rows: bytes, token: str) -> None:
+    """One JSONEachRow insert into an ingest table; `token` deduplicates a retried one."""
+    client.raw_insert(
+        table,
+        None,
+        rows,
+        settings=_JSON_INSERT | {"insert_deduplication_token": token},
+        fmt="JSONEachRow",
+    )
 
 
 class ClickHouseSink:
@@ -175,17 +186,8 @@ class ClickHouseSink:
         table = f"`{self.database}`.{ingest_table(kind)}"
         rows = to_json_rows(events)
 
-        def insert(client: Client) -> None:
-            client.raw_insert(
-                table,
-                None,
-                rows,
-                settings=JSON_INSERT_SETTINGS | {"insert_deduplication_token": token},
-                fmt="JSONEachRow",
-            )
-
         try:
-            await self._call(insert)
+            await self._call(lambda client: insert_json_rows(client, table, rows, token))
         except Exception as exc:
             raise classify_clickhouse(exc) from exc
 
