@@ -90,7 +90,7 @@ def _text(fields: Fields, name: bytes) -> str:
 
 
 def _nanos(fields: Fields) -> int:
-    return _parse_nanos(fields.get(b"received_at", b"0"))
+    return _received_at.parse(fields.get(b"received_at", b"0"))
 
 
 class _LastNanos:
@@ -115,10 +115,6 @@ class _LastNanos:
 # a read holds whole requests: comparing the bytes with the last ones is far cheaper than `int()`
 # or decoding them again (docs/performance.md).
 _received_at: Final = _LastNanos()
-
-
-def _parse_nanos(value: bytes) -> int:
-    return _received_at.parse(value)
 
 
 def _tenant(fields: Fields) -> str:
