@@ -28,13 +28,13 @@ from shared.schemas import (
     Histogram,
     Kind,
     Log,
-    LogIn,
+    LogInFields,
     Metric,
-    MetricIn,
+    MetricInFields,
     Rum,
-    RumIn,
+    RumInFields,
     Span,
-    SpanIn,
+    SpanInFields,
     Timestamp,
     WireEvent,
 )
@@ -170,6 +170,7 @@ def _is_hex(text: str, digits: int) -> bool:
 
 # Bound once: compiled, `bytes.fromhex(...)` looks the method up on every call.
 _from_hex: Final = bytes.fromhex
+_astuple: Final = msgspec.structs.astuple
 
 
 def _histogram(value: Histogram | None) -> Histogram | None:
@@ -202,84 +203,113 @@ def _histogram(value: Histogram | None) -> Histogram | None:
 def _build(kind: Kind, wire: WireEvent, extras: dict[str, Any], tenant: str) -> CleanEvent:
     """`wire` was decoded as `kind`'s wire type (`parse_event`). The branches go by `kind`:
     compiled, `isinstance` against the type the strict decoders subclass was a slow call (~660
-    instructions, docs/performance.md)."""
+    instructions, docs/performance.md). Each builder gets the wire fields as one tuple
+    (`shared.schemas.LogInFields`, ...)."""
     if kind == "logs":
-        wire = cast(LogIn, wire)
-        return Log(
-            tenant=tenant,
-            id=_client_id(wire.id),
-            ts=parse_timestamp(wire.ts),
-            service=_text(wire.service, "service", 256),
-            level=_text(wire.level, "level", 32).lower(),
-            message=_text(wire.message, "message"),
-            attrs=_attrs_with_extras(wire.attrs, extras),
-            trace_id=_hex_id(wire.trace_id, "trace_id", TRACE_ID_DIGITS, optional=True),
-            span_id=_hex_id(wire.span_id, "span_id", SPAN_ID_DIGITS, optional=True),
-            host=_text(wire.host, "host", 256),
-        )
+        return _build_log(cast(LogInFields, _astuple(wire)), extras, tenant)
     if kind == "metrics":
-        wire = cast(MetricIn, wire)
-        if not math.isfinite(wire.value):
-            raise InvalidEvent("value: must be a finite number")
-        return Metric(
-            tenant=tenant,
-            id=_client_id(wire.id),
-            ts=parse_timestamp(wire.ts),
-            name=_text(wire.name, "name", 256),
-            value=wire.value,
-            type=wire.type,
-            labels=_string_map(wire.labels, "labels"),
-            service=_text(wire.service, "service", 256),
-            host=_text(wire.host, "host", 256),
-            attrs=_attrs_with_extras(wire.attrs, extras),
-            histogram=_histogram(wire.histogram),
-        )
+        return _build_metric(cast(MetricInFields, _astuple(wire)), extras, tenant)
     if kind == "spans":
-        wire = cast(SpanIn, wire)
-        start = parse_timestamp(wire.start, "start")
-        if wire.end is not None:
-            end = parse_timestamp(wire.end, "end")
-        elif wire.duration_ns is not None:
-            end = start + wire.duration_ns
-        else:
-            raise InvalidEvent("span needs end or duration_ns")
-        if end < start or end >= MAX_TS_NS:
-            raise InvalidEvent("end: before start or out of range")
-        return Span(
-            tenant=tenant,
-            id=_client_id(wire.id),
-            trace_id=_hex_id(wire.trace_id, "trace_id", TRACE_ID_DIGITS, optional=False),
-            span_id=_hex_id(wire.span_id, "span_id", SPAN_ID_DIGITS, optional=False),
-            parent_span_id=_hex_id(
-                wire.parent_span_id, "parent_span_id", SPAN_ID_DIGITS, optional=True
-            ),
-            service=_text(wire.service, "service", 256),
-            name=_text(wire.name, "name", 1024),
-            ts=start,
-            end_ts=end,
-            duration_ns=end - start,
-            kind=wire.kind,
-            status=wire.status,
-            status_message=_text(wire.status_message, "status_message"),
-            attrs=_attrs_with_extras(wire.attrs, extras),
-        )
-    wire = cast(RumIn, wire)
-    if len(wire.metrics) > MAX_ATTRS or any(len(k) > MAX_KEY_CHARS for k in wire.metrics):
+        return _build_span(cast(SpanInFields, _astuple(wire)), extras, tenant)
+    return _build_rum(cast(RumInFields, _astuple(wire)), extras, tenant)
+
+
+def _build_log(fields: LogInFields, extras: dict[str, Any], tenant: str) -> Log:
+    ts, service, level, message, attrs, trace_id, span_id, host, ident = fields
+    return Log(
+        tenant=tenant,
+        id=_client_id(ident),
+        ts=parse_timestamp(ts),
+        service=_text(service, "service", 256),
+        level=_text(level, "level", 32).lower(),
+        message=_text(message, "message"),
+        attrs=_attrs_with_extras(attrs, extras),
+        trace_id=_hex_id(trace_id, "trace_id", TRACE_ID_DIGITS, optional=True),
+        span_id=_hex_id(span_id, "span_id", SPAN_ID_DIGITS, optional=True),
+        host=_text(host, "host", 256),
+    )
+
+
+def _build_metric(fields: MetricInFields, extras: dict[str, Any], tenant: str) -> Metric:
+    ts, name, value, metric_type, labels, service, host, attrs, ident, histogram = fields
+    if not math.isfinite(value):
+        raise InvalidEvent("value: must be a finite number")
+    return Metric(
+        tenant=tenant,
+        id=_client_id(ident),
+        ts=parse_timestamp(ts),
+        name=_text(name, "name", 256),
+        value=value,
+        type=metric_type,
+        labels=_string_map(labels, "labels"),
+        service=_text(service, "service", 256),
+        host=_text(host, "host", 256),
+        attrs=_attrs_with_extras(attrs, extras),
+        histogram=_histogram(histogram),
+    )
+
+
+def _build_span(fields: SpanInFields, extras: dict[str, Any], tenant: str) -> Span:
+    (
+        trace_id,
+        span_id,
+        service,
+        name,
+        start_ts,
+        end_ts,
+        duration_ns,
+        parent_span_id,
+        span_kind,
+        status,
+        status_message,
+        attrs,
+        ident,
+    ) = fields
+    start = parse_timestamp(start_ts, "start")
+    if end_ts is not None:
+        end = parse_timestamp(end_ts, "end")
+    elif duration_ns is not None:
+        end = start + duration_ns
+    else:
+        raise InvalidEvent("span needs end or duration_ns")
+    if end < start or end >= MAX_TS_NS:
+        raise InvalidEvent("end: before start or out of range")
+    return Span(
+        tenant=tenant,
+        id=_client_id(ident),
+        trace_id=_hex_id(trace_id, "trace_id", TRACE_ID_DIGITS, optional=False),
+        span_id=_hex_id(span_id, "span_id", SPAN_ID_DIGITS, optional=False),
+        parent_span_id=_hex_id(parent_span_id, "parent_span_id", SPAN_ID_DIGITS, optional=True),
+        service=_text(service, "service", 256),
+        name=_text(name, "name", 1024),
+        ts=start,
+        end_ts=end,
+        duration_ns=end - start,
+        kind=span_kind,
+        status=status,
+        status_message=_text(status_message, "status_message"),
+        attrs=_attrs_with_extras(attrs, extras),
+    )
+
+
+def _build_rum(fields: RumInFields, extras: dict[str, Any], tenant: str) -> Rum:
+    ts, session_id, rum_type, url, referrer, user_id, metrics, error, attrs, ident = fields
+    if len(metrics) > MAX_ATTRS or any(len(k) > MAX_KEY_CHARS for k in metrics):
         raise InvalidEvent(f"metrics: more than {MAX_ATTRS} entries or an over-long name")
-    if not all(math.isfinite(v) for v in wire.metrics.values()):
+    if not all(math.isfinite(v) for v in metrics.values()):
         raise InvalidEvent("metrics: values must be finite numbers")
     return Rum(
         tenant=tenant,
-        id=_client_id(wire.id),
-        ts=parse_timestamp(wire.ts),
-        session_id=_text(wire.session_id, "session_id", 256),
-        type=wire.type,
-        url=_text(wire.url, "url", 8192),
-        referrer=_text(wire.referrer, "referrer", 8192),
-        user_id=_text(wire.user_id, "user_id", 256),
-        metrics=wire.metrics,
-        error=_string_map(wire.error, "error"),
-        attrs=_attrs_with_extras(wire.attrs, extras),
+        id=_client_id(ident),
+        ts=parse_timestamp(ts),
+        session_id=_text(session_id, "session_id", 256),
+        type=rum_type,
+        url=_text(url, "url", 8192),
+        referrer=_text(referrer, "referrer", 8192),
+        user_id=_text(user_id, "user_id", 256),
+        metrics=metrics,
+        error=_string_map(error, "error"),
+        attrs=_attrs_with_extras(attrs, extras),
     )
 
 

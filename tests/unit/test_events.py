@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import typing
 from typing import Any
 
 import msgspec
@@ -24,13 +25,113 @@ from shared.events import (
     parse_event,
     parse_timestamp,
 )
-from shared.schemas import WIRE_TYPES, Kind, Log, Metric, Rum, Span
+from shared.schemas import (
+    WIRE_TYPES,
+    Kind,
+    Log,
+    LogInFields,
+    Metric,
+    MetricInFields,
+    Rum,
+    RumInFields,
+    Span,
+    SpanInFields,
+)
 
 TENANT = "acme"
 TS_NS = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"
 HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+WIRE_FIELDS: dict[Kind, Any] = {
+    "logs": LogInFields,
+    "metrics": MetricInFields,
+    "spans": SpanInFields,
+    "rum": RumInFields,
+}
+
+
+@pytest.mark.parametrize("kind", list(WIRE_TYPES))
+def test_wire_field_tuples_follow_the_wire_structs(kind: Kind) -> None:
+    """The builders unpack each wire Struct by position: its tuple type must list the Struct's
+    fields in declaration order, each with that field's type."""
+    wire = WIRE_TYPES[kind]
+    hints = typing.get_type_hints(wire)
+    assert typing.get_args(WIRE_FIELDS[kind]) == tuple(
+        hints[name] for name in wire.__struct_fields__
+    )
+
+
+# Every wire field set, each to a value no other field of its type has.
+FULL_EVENTS: dict[Kind, dict[str, Any]] = {
+    "logs": {
+        "ts": TS_NS,
+        "service": "svc",
+        "level": "warn",
+        "message": "msg",
+        "attrs": {"a": "1"},
+        "trace_id": TRACE,
+        "span_id": SPAN,
+        "host": "hst",
+        "id": "ident",
+    },
+    "metrics": {
+        "ts": TS_NS,
+        "name": "nm",
+        "value": 2.5,
+        "type": "counter",
+        "labels": {"l": "1"},
+        "service": "svc",
+        "host": "hst",
+        "attrs": {"a": "1"},
+        "id": "ident",
+    },
+    "spans": {
+        "trace_id": TRACE,
+        "span_id": SPAN,
+        "service": "svc",
+        "name": "nm",
+        "start": TS_NS,
+        "end": TS_NS + 7,
+        "parent_span_id": "00f067aa0ba902b7",
+        "kind": "server",
+        "status": "error",
+        "status_message": "why",
+        "attrs": {"a": "1"},
+        "id": "ident",
+    },
+    "rum": {
+        "ts": TS_NS,
+        "session_id": "sess",
+        "type": "error",
+        "url": "https://u.example/",
+        "referrer": "https://r.example/",
+        "user_id": "usr",
+        "metrics": {"lcp": 1.5},
+        "error": {"e": "1"},
+        "attrs": {"a": "1"},
+        "id": "ident",
+    },
+}
+# Where a wire field's value lands under another name or form.
+RENAMED: dict[Kind, dict[str, tuple[str, Any]]] = {
+    "spans": {"start": ("ts", TS_NS), "end": ("end_ts", TS_NS + 7)},
+}
+
+
+@pytest.mark.parametrize("kind", list(WIRE_TYPES))
+def test_every_wire_field_lands_in_its_place(kind: Kind) -> None:
+    """Each field of the clean event comes from the wire field of its name: the builders read
+    the wire fields by position."""
+    wire = FULL_EVENTS[kind]
+    assert set(WIRE_TYPES[kind].__struct_fields__) - {"histogram", "duration_ns"} == set(wire)
+    event = parse(kind, wire)
+    renamed = RENAMED.get(kind, {})
+    for name, value in wire.items():
+        target, expected = renamed.get(name, (name, value))
+        assert getattr(event, target) == expected, name
 
 
 def utc_ns(
