@@ -118,17 +118,21 @@ def _text(value: str | None, field: str, limit: int = MAX_TEXT_CHARS) -> str:
 
 
 def _string_map(values: dict[str, Any], field: str) -> dict[str, str]:
+    """`values` with every value as a string (JSON for any other type), changed in place: it
+    is the decoder's own dict, and copying it cost more than checking it."""
     if len(values) > MAX_ATTRS:
         raise InvalidEvent(f"{field}: more than {MAX_ATTRS} entries")
-    out: dict[str, str] = {}
     for key, value in values.items():
         if len(key) > MAX_KEY_CHARS:
             raise InvalidEvent(f"{field}: key longer than {MAX_KEY_CHARS} characters")
-        text = value if isinstance(value, str) else _value_encoder.encode(value).decode()
+        if isinstance(value, str):
+            text = value
+        else:
+            text = _value_encoder.encode(value).decode()
+            values[key] = text  # the same key: the dict keeps its size, so iterating goes on
         if len(text) > MAX_TEXT_CHARS:  # inline: the error's name is built only when needed
             raise InvalidEvent(f"{field}.{key[:64]}: longer than {MAX_TEXT_CHARS} characters")
-        out[key] = text
-    return out
+    return values
 
 
 def _attrs_with_extras(attrs: dict[str, Any], extras: dict[str, Any]) -> dict[str, str]:

@@ -427,6 +427,22 @@ def test_log_attrs_values_json_encoded() -> None:
     assert event.attrs == {"s": "text", "n": "1", "b": "false", "l": '[1,"x"]', "z": "null"}
 
 
+@given(
+    st.dictionaries(
+        st.text(max_size=8),
+        st.one_of(st.text(max_size=8), st.integers(), st.booleans(), st.none(), st.floats()),
+        max_size=12,
+    )
+)
+def test_attr_values_become_strings_in_order_whatever_their_mix(attrs: dict[str, Any]) -> None:
+    """The values are converted in place, strings and others in any order."""
+    event = parse_log(log(attrs=attrs))
+    expected = {
+        k: v if isinstance(v, str) else msgspec.json.encode(v).decode() for k, v in attrs.items()
+    }
+    assert list(event.attrs.items()) == list(expected.items())
+
+
 def test_log_explicit_attr_wins_over_unknown_field_of_same_name() -> None:
     assert parse_log(log(region="top", attrs={"region": "inner"})).attrs == {"region": "inner"}
 
