@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import events as events_module
+from shared import schemas
 from shared.events import (
     MAX_ATTRS,
     MAX_ID_CHARS,
@@ -25,18 +26,7 @@ from shared.events import (
     parse_event,
     parse_timestamp,
 )
-from shared.schemas import (
-    WIRE_TYPES,
-    Kind,
-    Log,
-    LogInFields,
-    Metric,
-    MetricInFields,
-    Rum,
-    RumInFields,
-    Span,
-    SpanInFields,
-)
+from shared.schemas import WIRE_TYPES, Kind, Log, Metric, Rum, Span
 
 TENANT = "acme"
 TS_NS = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
@@ -46,10 +36,10 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
 WIRE_FIELDS: dict[Kind, Any] = {
-    "logs": LogInFields,
-    "metrics": MetricInFields,
-    "spans": SpanInFields,
-    "rum": RumInFields,
+    "logs": schemas.LogInFields,
+    "metrics": schemas.MetricInFields,
+    "spans": schemas.SpanInFields,
+    "rum": schemas.RumInFields,
 }
 
 
