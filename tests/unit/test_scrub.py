@@ -261,7 +261,12 @@ def test_numeric_pass_is_skipped_only_when_it_cannot_change_the_text(text: str) 
 # Address pieces, word characters of several scripts, and whitespace of several kinds.
 _email_like = st.text(
     alphabet=st.sampled_from(
-        [*"aZ9_.%+-@x", "é", "ß", "٣", "K", " ", "\t", "\n", "\u2003", ",", "("]
+        [
+            *"aZ9_.%+-@x",
+            *("é", "ß", "٣", "K", ",", "("),
+            *(" ", "\t", "\n", "\r", "\x0b", "\x1c", "\x1f", "\x85", "\xa0", "\u2003", "\u3000"),
+            "\u200b",  # zero-width space: not whitespace to `isspace`
+        ]
     ),
     max_size=60,
 ).map(lambda text: text + "@")
