@@ -508,3 +508,14 @@ async def test_hand_offs_work_over_a_unix_socket(
     async with running(normalizer(settings, unix_redis, "n1")):
         await wait_for_len(unix_redis, keys.stream("logs", "clean"), 2)
     assert (await unix_redis.xinfo_groups(keys.stream("logs", "raw")))[0]["pending"] == 0
+
+
+async def test_a_commit_refuses_outputs_of_another_kind(
+    redis: aioredis.Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    span = msgspec.structs.replace(clean_log("acme", "a"), kind="spans")
+    with pytest.raises(ValueError, match="another kind"):
+        await commit(Streams(redis, keys), [clean_log("acme", "b"), span])
+    assert await redis.xlen(keys.stream("logs", "clean")) == 0
+    assert await redis.zcard(keys.dedupe("logs", "acme")) == 0
