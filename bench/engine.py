@@ -2,8 +2,11 @@
 
     .venv/bin/python -m bench.engine [--variants full,parse] [--runs 2] [--batches 40]
 
-Each run is a process of its own (chdb runs one engine per process) on a fresh data path. It
-builds its batches first: bench log events through the normalizer's `process_batch`, each with
+Each run is a process of its own (chdb runs one engine per process) on a fresh data path. The
+data paths are removed only after the last run: these VMs' ext4 has no journal, and such an ext4
+checks every inode deleted in the last 60-360 s before it reuses one, so a run that deleted its
+predecessor's ~30,000 files paid up to ~2.8x the engine's CPU per insert (docs/performance.md).
+It builds its batches first: bench log events through the normalizer's `process_batch`, each with
 an id of its own, so that no two rows share a sorting key. Then it inserts them as the writer
 does (JSONEachRow into the kind's ingest table, the writer's settings, a dedupe token per batch),
 one batch every `--interval-ms`, and waits `--settle-s` for merges. It prints the process's CPU
@@ -56,31 +59,33 @@ def clean_batches(batches: int, rows: int) -> list[bytes]:
     return out
 
 
-def run_child(variant: str, batches: int, rows: int, interval_s: float, settle_s: float) -> None:
+def run_child(
+    variant: str, batches: int, rows: int, interval_s: float, settle_s: float, parent: str
+) -> None:
     inserts = clean_batches(batches, rows)
-    with tempfile.TemporaryDirectory(prefix="rivulet-engine-") as path:
-        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-        client.command(f"CREATE DATABASE {DATABASE}")
-        client.command(CLICKHOUSE_DDL["logs"].format(db=DATABASE, ttl="", inserted_at=INSERTED_AT))
-        for statement in ingest_ddl(DATABASE, "logs"):
-            if variant == "parse" and "MATERIALIZED VIEW" in statement:
-                continue
-            client.command(statement)
-        table = f"{DATABASE}.{ingest_table('logs')}"
-        started = time.process_time()
-        for rows_json in inserts:
-            insert_json_rows(client, table, rows_json, hashlib.sha256(rows_json).hexdigest())
-            time.sleep(interval_s)
-        inserting = time.process_time() - started
-        time.sleep(settle_s)
-        with_merges = time.process_time() - started
-        stored = client.command(f"SELECT count() FROM {DATABASE}.logs")
-        sent = batches * rows
-        print(
-            f"{variant:6} {inserting / sent * 1e6:6.2f} µs/row inserting, "
-            f"{with_merges / sent * 1e6:6.2f} with {settle_s:g} s of merges after; "
-            f"{stored} of {sent} rows in logs"
-        )
+    path = tempfile.mkdtemp(prefix="run-", dir=parent)
+    client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+    client.command(f"CREATE DATABASE {DATABASE}")
+    client.command(CLICKHOUSE_DDL["logs"].format(db=DATABASE, ttl="", inserted_at=INSERTED_AT))
+    for statement in ingest_ddl(DATABASE, "logs"):
+        if variant == "parse" and "MATERIALIZED VIEW" in statement:
+            continue
+        client.command(statement)
+    table = f"{DATABASE}.{ingest_table('logs')}"
+    started = time.process_time()
+    for rows_json in inserts:
+        insert_json_rows(client, table, rows_json, hashlib.sha256(rows_json).hexdigest())
+        time.sleep(interval_s)
+    inserting = time.process_time() - started
+    time.sleep(settle_s)
+    with_merges = time.process_time() - started
+    stored = client.command(f"SELECT count() FROM {DATABASE}.logs")
+    sent = batches * rows
+    print(
+        f"{variant:6} {inserting / sent * 1e6:6.2f} µs/row inserting, "
+        f"{with_merges / sent * 1e6:6.2f} with {settle_s:g} s of merges after; "
+        f"{stored} of {sent} rows in logs"
+    )
 
 
 def main() -> None:
@@ -94,28 +99,38 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=100.0)
     parser.add_argument("--settle-s", type=float, default=15.0)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--data-root", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        run_child(args.child, args.batches, args.rows, args.interval_ms / 1000, args.settle_s)
+        run_child(
+            args.child,
+            args.batches,
+            args.rows,
+            args.interval_ms / 1000,
+            args.settle_s,
+            args.data_root,
+        )
         return
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}: choose from {', '.join(VARIANTS)}")
-    for _ in range(args.runs):
-        for variant in variants:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.engine",
-                    *("--child", variant),
-                    *("--batches", str(args.batches), "--rows", str(args.rows)),
-                    *("--interval-ms", str(args.interval_ms), "--settle-s", str(args.settle_s)),
-                ],
-                check=True,
-                cwd=Path(__file__).resolve().parent.parent,
-            )
+    with tempfile.TemporaryDirectory(prefix="rivulet-engine-") as data_root:
+        for _ in range(args.runs):
+            for variant in variants:
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.engine",
+                        *("--child", variant, "--data-root", data_root),
+                        *("--batches", str(args.batches), "--rows", str(args.rows)),
+                        *("--interval-ms", str(args.interval_ms)),
+                        *("--settle-s", str(args.settle_s)),
+                    ],
+                    check=True,
+                    cwd=Path(__file__).resolve().parent.parent,
+                )
 
 
 if __name__ == "__main__":
