@@ -429,6 +429,27 @@ async def test_a_burst_ends_without_waiting_out_the_batch_age(
     assert faulty.inserts == 4
 
 
+async def test_a_kinds_consumers_take_turns_to_collect(
+    redis: aioredis.Redis, settings: Settings, namespace: str
+) -> None:
+    """A trickle is one batch, not a share for each of a kind's consumers: the engine's cost per
+    insert would be paid once per share."""
+    tuned = msgspec.structs.replace(
+        settings, writer_batch_size=1000, writer_batch_age_ms=3000, writer_consumers=2
+    )
+    faulty = FaultyClient(cast(Client, None))
+    sink = clickhouse_sink(tuned, faulty)
+    async with running_writer(tuned, redis, [sink], ["logs"]):
+        await asyncio.sleep(0.3)  # both consumers are reading
+        for chunk in range(10):
+            ids = range(5 * chunk, 5 * chunk + 5)
+            await append_clean(redis, namespace, "logs", clean_events("logs", ids))
+            await asyncio.sleep(0.05)
+        await wait_acked(redis, namespace, "logs")
+        assert await count_rows(sink, "logs") == (50, 50)
+    assert faulty.inserts == 1
+
+
 async def test_large_entries_close_a_batch_at_its_bytes(
     redis: aioredis.Redis, settings: Settings, namespace: str
 ) -> None:
