@@ -440,7 +440,7 @@ async def test_a_kinds_consumers_take_turns_to_collect(
     faulty = FaultyClient(cast(Client, None))
     sink = clickhouse_sink(tuned, faulty)
     async with running_writer(tuned, redis, [sink], ["logs"]):
-        await asyncio.sleep(0.3)  # both consumers are reading
+        await asyncio.sleep(0.3)  # the consumers have started: one reads, the other waits its turn
         for chunk in range(10):
             ids = range(5 * chunk, 5 * chunk + 5)
             await append_clean(redis, namespace, "logs", clean_events("logs", ids))
