@@ -10,7 +10,11 @@
    p50/p95/p99 ingest->queryable latency of sampled events, CPU seconds per 1M events and peak RSS
    per service, each stage as a ratio of its raw limit.
 
+The Redis is the test suite's (RIVULET_TEST_REDIS_URL) and the table says what it keeps on disk;
+`--durable-redis` starts a private one with the append-only file `rivulet up` gives its own.
+
     .venv/bin/python -m bench.run [--events N] [--duration S] [--rate R] [--json FILE] [--soak]
+        [--durable-redis]
 
 Not part of `make test`: figures, not assertions.
 """
@@ -38,7 +42,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -58,6 +62,7 @@ from services.writer.rows import METRIC_COLUMNS, to_metric_records
 from services.writer.sinks import ClickHouseSink, postgres_ddl
 from shared.config import Settings
 from shared.events import parse_event
+from shared.localservers import ensure_redis
 from shared.schemas import ApiKey, Kind, Log, Metric
 from shared.signing import sign_digest
 from tests.harness import STANDARD_TOPOLOGY, Pipeline
@@ -202,7 +207,7 @@ class Monitor(threading.Thread):
         return float(times.user + times.system)
 
     def _shared_cpu(self) -> dict[str, float]:
-        """What the services share: the Redis server (INFO cpu: all its threads) and this
+        """What the services share: the Redis server (INFO cpu: its threads and children) and this
         process, the load generator (its senders and the latency probe)."""
         client = syncredis.Redis.from_url(REDIS_URL)
         try:
@@ -210,7 +215,7 @@ class Monitor(threading.Thread):
         finally:
             client.close()
         return {
-            "redis-server": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+            "redis-server": redis_cpu_s(info),
             # with its sender processes, once they have exited
             "load-generator": self._cpu(os.getpid()) + children_cpu(),
         }
@@ -808,6 +813,47 @@ def percentile(values: list[float], p: int) -> float:
 # --- report --------------------------------------------------------------------------------------
 
 
+def redis_cpu_s(info: Mapping[str, Any]) -> float:
+    """CPU seconds of a Redis server from `INFO cpu`: all its threads, and the children it has
+    forked and reaped (AOF rewrites, snapshots), which take the same cores from the pipeline.
+    A child still running when counting stops is not in it."""
+    fields = ("used_cpu_user", "used_cpu_sys", "used_cpu_user_children", "used_cpu_sys_children")
+    return sum(float(info.get(field, 0)) for field in fields)
+
+
+def redis_persistence(redis_url: str) -> str:
+    """What the benchmark's Redis keeps on disk: its cost is part of every Redis figure."""
+    client = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        info = client.info("persistence")
+        config = client.config_get("appendfsync")
+        config.update(client.config_get("save"))
+    finally:
+        client.close()
+    aof = f"AOF, appendfsync {config['appendfsync']}" if info["aof_enabled"] else "no AOF"
+    snapshots = f"RDB save {config['save']!r}" if config["save"] else "no RDB snapshots"
+    return f"{aof}, {snapshots}"
+
+
+def run_on_durable_redis(argv: list[str]) -> int:
+    """This benchmark again, with `argv`, against a private Redis started the way `rivulet up`
+    starts one where none answers (`ensure_redis`: AOF, `appendfsync` from the settings), on a
+    free port. The services reach it over TCP, where `rivulet up` gives its own a unix socket."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    var_dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
+    server = ensure_redis(f"redis://127.0.0.1:{port}/0", var_dir, Settings().redis_appendfsync)
+    if server is None:
+        raise RuntimeError(f"something already answers on port {port}")
+    try:
+        env = {**os.environ, "RIVULET_TEST_REDIS_URL": server.url}
+        return subprocess.run([sys.executable, "-m", "bench.run", *argv], env=env).returncode
+    finally:
+        server.stop()
+        shutil.rmtree(var_dir, ignore_errors=True)
+
+
 def machine() -> str:
     memory = psutil.virtual_memory().total / 2**30
     python = f"{platform.python_implementation()} {platform.python_version()}"
@@ -819,6 +865,7 @@ def table(limits: dict[str, float | None], results: list[dict[str, Any]]) -> str
     xadd_limit = server_xadd or limits["redis_xadd_per_s"]
     lines = [
         f"machine: {machine()}  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC)",
+        f"redis: {redis_persistence(REDIS_URL)}",
         "",
         "raw limits (same event shape):",
         f"  redis pipelined XADD (redis-py) {limits['redis_xadd_per_s']:>12,.0f} entries/s",
@@ -900,7 +947,14 @@ def main() -> None:
     parser.add_argument(
         "--soak", action="store_true", help="10 minutes at --rate (default 5000/s), RSS over time"
     )
+    parser.add_argument(
+        "--durable-redis",
+        action="store_true",
+        help="run against a private Redis with the AOF that `rivulet up` gives the one it starts",
+    )
     args = parser.parse_args()
+    if args.durable_redis:
+        sys.exit(run_on_durable_redis([a for a in sys.argv[1:] if a != "--durable-redis"]))
     if args.py_spy and not PY_SPY.exists():
         parser.error(f"--py-spy needs {PY_SPY}: {PY_SPY.with_name('pip')} install py-spy")
     kinds = tuple(k for k in args.kinds.split(",") if k)
@@ -956,7 +1010,15 @@ def main() -> None:
             )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"machine": machine(), "limits": limits, "results": results}, indent=2)
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "redis": redis_persistence(REDIS_URL),
+                    "limits": limits,
+                    "results": results,
+                },
+                indent=2,
+            )
         )
 
 
