@@ -825,12 +825,14 @@ def redis_persistence(redis_url: str) -> str:
     """What the benchmark's Redis keeps on disk: its cost is part of every Redis figure."""
     client = syncredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        info = client.info("persistence")
-        config = client.config_get("appendfsync")
-        config.update(client.config_get("save"))
+        aof_enabled = bool(client.info("persistence")["aof_enabled"])
+        try:
+            config = {**client.config_get("appendfsync"), **client.config_get("save")}
+        except syncredis.ResponseError:  # managed servers may refuse CONFIG
+            return f"{'AOF' if aof_enabled else 'no AOF'}, the rest unknown (CONFIG refused)"
     finally:
         client.close()
-    aof = f"AOF, appendfsync {config['appendfsync']}" if info["aof_enabled"] else "no AOF"
+    aof = f"AOF, appendfsync {config['appendfsync']}" if aof_enabled else "no AOF"
     snapshots = f"RDB save {config['save']!r}" if config["save"] else "no RDB snapshots"
     return f"{aof}, {snapshots}"
 
