@@ -72,6 +72,9 @@ from tests.servers import PG_DSN, REDIS_URL
 LATENCY_SAMPLE_EVERY = 50
 # Load shedding (rate limit, backlog watermark): the batch is resent after Retry-After.
 RETRYABLE_STATUSES = frozenset({429, 503})
+# The services' URL for the benchmark's Redis when it differs from the benchmark's own (the unix
+# socket of the server `--durable-redis` starts, as `rivulet up` hands its children).
+SERVICES_REDIS_URL_VAR = "RIVULET_BENCH_SERVICES_REDIS_URL"
 # Settings that tests/harness.py shortens so tests run fast.
 HARNESS_TUNINGS = ("writer_batch_age_ms", "claim_idle_ms", "trim_interval_s", "retry_max_s")
 
@@ -484,7 +487,10 @@ def bench_pipeline(root: Path, raw_backlog: int = 0) -> Pipeline:
     if raw_backlog >= defaults.raw_high_watermark:
         env["RIVULET_RAW_HIGH_WATERMARK"] = str(2 * raw_backlog)
     return Pipeline(
-        root, f"bench{uuid.uuid4().hex[:8]}", extra_env={"RIVULET_LOG_LEVEL": "warning", **env}
+        root,
+        f"bench{uuid.uuid4().hex[:8]}",
+        redis_url=os.environ.get(SERVICES_REDIS_URL_VAR) or REDIS_URL,
+        extra_env={"RIVULET_LOG_LEVEL": "warning", **env},
     )
 
 
@@ -840,7 +846,8 @@ def redis_persistence(redis_url: str) -> str:
 def run_on_durable_redis(argv: list[str]) -> int:
     """This benchmark again, with `argv`, against a private Redis started the way `rivulet up`
     starts one where none answers (`ensure_redis`: AOF, `appendfsync` from the settings), on a
-    free port. The services reach it over TCP, where `rivulet up` gives its own a unix socket."""
+    free port. The services reach it over its unix socket, as `rivulet up`'s children do; the
+    benchmark's own clients (and `redis-benchmark`) over TCP."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -849,7 +856,11 @@ def run_on_durable_redis(argv: list[str]) -> int:
     if server is None:
         raise RuntimeError(f"something already answers on port {port}")
     try:
-        env = {**os.environ, "RIVULET_TEST_REDIS_URL": server.url}
+        env = {
+            **os.environ,
+            "RIVULET_TEST_REDIS_URL": server.url,
+            SERVICES_REDIS_URL_VAR: server.local_url or server.url,
+        }
         return subprocess.run([sys.executable, "-m", "bench.run", *argv], env=env).returncode
     finally:
         server.stop()
