@@ -65,7 +65,7 @@ from shared.events import parse_event
 from shared.localservers import ensure_redis
 from shared.schemas import ApiKey, Kind, Log, Metric
 from shared.signing import sign_digest
-from tests.harness import STANDARD_TOPOLOGY, Pipeline
+from tests.harness import STANDARD_TOPOLOGY, Pipeline, free_port
 from tests.helpers import ndjson, stored
 from tests.servers import PG_DSN, REDIS_URL
 
@@ -848,9 +848,7 @@ def run_on_durable_redis(argv: list[str]) -> int:
     starts one where none answers (`ensure_redis`: AOF, `appendfsync` from the settings), on a
     free port. The services reach it over its unix socket, as `rivulet up`'s children do; the
     benchmark's own clients (and `redis-benchmark`) over TCP."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     var_dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     server = ensure_redis(f"redis://127.0.0.1:{port}/0", var_dir, Settings().redis_appendfsync)
     if server is None:

@@ -4,13 +4,13 @@ costs the server CPU on every write (docs/performance.md, "Redis with an append-
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import redis.asyncio as aioredis
 
 from bench.run import redis_cpu_s, redis_persistence
 from shared.localservers import ensure_redis
+from tests.harness import free_port
 from tests.servers import REDIS_URL
 
 
@@ -40,10 +40,7 @@ async def test_the_persistence_of_the_suites_redis_is_what_the_server_reports(
 def test_a_redis_started_as_rivulet_up_starts_one_is_described_as_durable(
     tmp_path: Path,
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ensure_redis(f"redis://127.0.0.1:{port}/0", tmp_path, "everysec")
+    server = ensure_redis(f"redis://127.0.0.1:{free_port()}/0", tmp_path, "everysec")
     assert server is not None
     try:
         assert redis_persistence(server.url) == "AOF, appendfsync everysec, no RDB snapshots"
