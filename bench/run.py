@@ -60,7 +60,7 @@ from bench.events import CLIENT_IPS, USER_AGENTS, make_events
 from rivulet_cli.up import children_argv
 from services.writer.rows import METRIC_COLUMNS, to_metric_records
 from services.writer.sinks import ClickHouseSink, postgres_ddl
-from shared.config import Settings
+from shared.config import Settings, load_settings
 from shared.events import parse_event
 from shared.localservers import ensure_redis
 from shared.schemas import ApiKey, Kind, Log, Metric
@@ -845,12 +845,13 @@ def redis_persistence(redis_url: str) -> str:
 
 def run_on_durable_redis(argv: list[str]) -> int:
     """This benchmark again, with `argv`, against a private Redis started the way `rivulet up`
-    starts one where none answers (`ensure_redis`: AOF, `appendfsync` from the settings), on a
-    free port. The services reach it over its unix socket, as `rivulet up`'s children do; the
-    benchmark's own clients (and `redis-benchmark`) over TCP."""
+    starts one where none answers (`ensure_redis`: AOF, `appendfsync` from the settings, so
+    `RIVULET_REDIS_APPENDFSYNC` too), on a free port. The services reach it over its unix
+    socket, as `rivulet up`'s children do; the benchmark's own clients (and `redis-benchmark`)
+    over TCP."""
     port = free_port()
     var_dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
-    server = ensure_redis(f"redis://127.0.0.1:{port}/0", var_dir, Settings().redis_appendfsync)
+    server = ensure_redis(f"redis://127.0.0.1:{port}/0", var_dir, load_settings().redis_appendfsync)
     if server is None:
         raise RuntimeError(f"something already answers on port {port}")
     try:
