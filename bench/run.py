@@ -14,7 +14,7 @@ The Redis is the test suite's (RIVULET_TEST_REDIS_URL) and the table says what i
 `--durable-redis` starts a private one with the append-only file `rivulet up` gives its own.
 
     .venv/bin/python -m bench.run [--events N] [--duration S] [--rate R] [--json FILE] [--soak]
-        [--durable-redis]
+        [--durable-redis [--redis-config NAME=VALUE ...]]
 
 Not part of `make test`: figures, not assertions.
 """
@@ -42,7 +42,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -203,6 +203,8 @@ class Monitor(threading.Thread):
         self.wall_start = 0.0
         self.wall_s = 0.0
         self.thread_cpu: dict[str, dict[str, float]] = {}
+        self.aof_rewrites_at_start: int | None = None
+        self.aof_rewrites: int | None = None
         self.done = threading.Event()
 
     def _cpu(self, pid: int) -> float:
@@ -227,6 +229,7 @@ class Monitor(threading.Thread):
         for name, process in self.pipeline.processes.items():
             self.cpu_start[name] = self._cpu(process.pid)
         self.cpu_start.update(self._shared_cpu())
+        self.aof_rewrites_at_start = aof_rewrites(REDIS_URL)
         self.wall_start = time.monotonic()
 
     def stop_counting(self) -> None:
@@ -234,6 +237,9 @@ class Monitor(threading.Thread):
             self.cpu_end[name] = self._cpu(process.pid)
             self.thread_cpu[name] = thread_cpu(process.pid)
         self.cpu_end.update(self._shared_cpu())
+        rewrites = aof_rewrites(REDIS_URL)
+        if rewrites is not None and self.aof_rewrites_at_start is not None:
+            self.aof_rewrites = rewrites - self.aof_rewrites_at_start
         self.wall_s = time.monotonic() - self.wall_start
         self.done.set()
 
@@ -574,6 +580,7 @@ def run_pipeline(
             "latency_samples": len(lat),
             "cpu_s_per_million": {s: c / accepted * 1e6 for s, c in cpu.items()},
             "cores_busy": sum(cpu.values()) / monitor.wall_s,
+            "redis_aof_rewrites": monitor.aof_rewrites,
             "peak_rss_mib": rss,
             "peak_anon_mib": anon,
             "thread_cpu_s_since_start": monitor.thread_cpu,
@@ -683,6 +690,7 @@ def run_stages(
                     "stage_events_per_s": counted / monitor.wall_s,
                     "cpu_s_per_million": {s: c / counted * 1e6 for s, c in cpu.items()},
                     "cores_busy": sum(cpu.values()) / monitor.wall_s,
+                    "redis_aof_rewrites": monitor.aof_rewrites,
                     "thread_cpu_s_since_start": monitor.thread_cpu,
                 }
             )
@@ -833,28 +841,82 @@ def redis_persistence(redis_url: str) -> str:
     try:
         aof_enabled = bool(client.info("persistence")["aof_enabled"])
         try:
-            config = {**client.config_get("appendfsync"), **client.config_get("save")}
+            config = {
+                str(key): str(value)
+                for name in ("appendfsync", "auto-aof-rewrite-*", "save")
+                for key, value in client.config_get(name).items()
+            }
         except syncredis.ResponseError:  # managed servers may refuse CONFIG
             return f"{'AOF' if aof_enabled else 'no AOF'}, the rest unknown (CONFIG refused)"
     finally:
         client.close()
-    aof = f"AOF, appendfsync {config['appendfsync']}" if aof_enabled else "no AOF"
     snapshots = f"RDB save {config['save']!r}" if config["save"] else "no RDB snapshots"
-    return f"{aof}, {snapshots}"
+    if not aof_enabled:
+        return f"no AOF, {snapshots}"
+    growth = int(config["auto-aof-rewrite-percentage"])
+    min_mib = int(config["auto-aof-rewrite-min-size"]) / 2**20
+    rewrites = f"rewritten at +{growth}% from {min_mib:g} MiB" if growth else "no auto-rewrites"
+    return f"AOF, appendfsync {config['appendfsync']}, {rewrites}, {snapshots}"
 
 
-def run_on_durable_redis(argv: list[str]) -> int:
+def aof_rewrites(redis_url: str) -> int | None:
+    """How many times the server has rewritten its append-only file since it started; None
+    without the file (or from a server too old to count them)."""
+    client = syncredis.Redis.from_url(redis_url)
+    try:
+        info = client.info("persistence")
+    finally:
+        client.close()
+    count = info.get("aof_rewrites")
+    return int(count) if info["aof_enabled"] and count is not None else None
+
+
+def redis_config_pairs(values: Sequence[str]) -> list[tuple[str, str]]:
+    """`--redis-config NAME=VALUE` arguments as pairs for `CONFIG SET`."""
+    pairs = []
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name or not setting:
+            raise ValueError(f"--redis-config wants NAME=VALUE, not {value!r}")
+        pairs.append((name, setting))
+    return pairs
+
+
+def argv_for_durable_run(argv: Sequence[str]) -> list[str]:
+    """The arguments again without the ones `run_on_durable_redis` has acted on."""
+    passed: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+        elif arg == "--redis-config":
+            skip_value = True
+        elif arg != "--durable-redis" and not arg.startswith("--redis-config="):
+            passed.append(arg)
+    return passed
+
+
+def run_on_durable_redis(argv: list[str], config: Sequence[tuple[str, str]] = ()) -> int:
     """This benchmark again, with `argv`, against a private Redis started the way `rivulet up`
     starts one where none answers (`ensure_redis`: AOF, `appendfsync` from the settings, so
-    `RIVULET_REDIS_APPENDFSYNC` too), on a free port. The services reach it over its unix
-    socket, as `rivulet up`'s children do; the benchmark's own clients (and `redis-benchmark`)
-    over TCP."""
+    `RIVULET_REDIS_APPENDFSYNC` too), on a free port, then given `config` by `CONFIG SET`. The
+    services reach it over its unix socket, as `rivulet up`'s children do; the benchmark's own
+    clients (and `redis-benchmark`) over TCP."""
     port = free_port()
     var_dir = Path(tempfile.mkdtemp(prefix="bench-redis-"))
     server = ensure_redis(f"redis://127.0.0.1:{port}/0", var_dir, load_settings().redis_appendfsync)
     if server is None:
         raise RuntimeError(f"something already answers on port {port}")
     try:
+        client = syncredis.Redis.from_url(server.url)
+        try:
+            for name, value in config:
+                try:
+                    client.config_set(name, value)
+                except syncredis.ResponseError as exc:
+                    sys.exit(f"--redis-config {name}={value}: {exc}")
+        finally:
+            client.close()
         env = {
             **os.environ,
             "RIVULET_TEST_REDIS_URL": server.url,
@@ -870,6 +932,11 @@ def machine() -> str:
     memory = psutil.virtual_memory().total / 2**30
     python = f"{platform.python_implementation()} {platform.python_version()}"
     return f"{platform.node()}: {os.cpu_count()} cores, {memory:.0f} GiB, {python}"
+
+
+def aof_rewrites_line(result: Mapping[str, Any]) -> list[str]:
+    rewrites = result.get("redis_aof_rewrites")
+    return [] if rewrites is None else [f"  redis AOF rewrites during it    {rewrites}"]
 
 
 def table(limits: dict[str, float | None], results: list[dict[str, Any]]) -> str:
@@ -905,6 +972,7 @@ def table(limits: dict[str, float | None], results: list[dict[str, Any]]) -> str
                 "  CPU s per 1M events             "
                 + "  ".join(f"{s}={v:.1f}" for s, v in sorted(r["cpu_s_per_million"].items())),
                 f"  cores busy (all of the above)   {r['cores_busy']:.2f} of {os.cpu_count()}",
+                *aof_rewrites_line(r),
                 "",
             ]
             continue
@@ -926,6 +994,7 @@ def table(limits: dict[str, float | None], results: list[dict[str, Any]]) -> str
             "  CPU s per 1M events             "
             + "  ".join(f"{s}={v:.1f}" for s, v in sorted(r["cpu_s_per_million"].items())),
             f"  cores busy (all of the above)   {r['cores_busy']:.2f} of {os.cpu_count()}",
+            *aof_rewrites_line(r),
             "  peak RSS MiB                    "
             + "  ".join(f"{s}={v:.0f}" for s, v in sorted(r["peak_rss_mib"].items())),
             "  peak anonymous MiB (heap)       "
@@ -937,7 +1006,9 @@ def table(limits: dict[str, float | None], results: list[dict[str, Any]]) -> str
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # the options --durable-redis takes must be found to be passed on
     )
     parser.add_argument("--events", type=int, default=200_000, help="events per pipeline variant")
     parser.add_argument("--duration", type=float, help="with --rate: send for this many seconds")
@@ -964,9 +1035,23 @@ def main() -> None:
         action="store_true",
         help="run against a private Redis with the AOF that `rivulet up` gives the one it starts",
     )
+    parser.add_argument(
+        "--redis-config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --durable-redis: CONFIG SET on that server first (repeatable), e.g. "
+        "auto-aof-rewrite-min-size=1gb",
+    )
     args = parser.parse_args()
+    try:
+        redis_config = redis_config_pairs(args.redis_config)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if redis_config and not args.durable_redis:
+        parser.error("--redis-config sets the private server of --durable-redis only")
     if args.durable_redis:
-        sys.exit(run_on_durable_redis([a for a in sys.argv[1:] if a != "--durable-redis"]))
+        sys.exit(run_on_durable_redis(argv_for_durable_run(sys.argv[1:]), redis_config))
     if args.py_spy and not PY_SPY.exists():
         parser.error(f"--py-spy needs {PY_SPY}: {PY_SPY.with_name('pip')} install py-spy")
     kinds = tuple(k for k in args.kinds.split(",") if k)
